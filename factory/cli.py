@@ -1,0 +1,178 @@
+"""The ``factory`` command line.
+
+Exit codes: 0 success; 1 a check ran and found problems; 2 bad usage or bad input. Errors are one
+line on stderr naming the file, key or parameter at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import click
+
+from factory import __version__
+from factory.errors import FactoryError
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A tqdm bar on a terminal; the bare iterable otherwise (quiet in pipes, logs and CI)."""
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit="img", dynamic_ncols=True)
+
+
+class FactoryGroup(click.Group):
+    """Turns library errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FactoryError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="factory")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def cli(verbose: bool) -> None:
+    """Synthetic image dataset factory: make, curate, version and prove synthetic training data."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Samples per shard.")
+@click.option("--name", default=None, help="Dataset name (default: from the source).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and count them, instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it already holds a dataset.")
+def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_bad: bool, overwrite: bool) -> None:
+    """Pack real images from SOURCE into a dataset at OUT_DIR.
+
+    SOURCE is sklearn:digits, sklearn:digits-colored[?bias=0.9&seed=0], hf:<name-or-path>[:<split>],
+    an ImageFolder folder (<class>/<file>), or an existing dataset folder (re-shard).
+
+    Example: factory ingest ../shared/data/imagenette-mini/train data/inet-train --shard-size 500
+    """
+    from factory.ingest import ingest as run_ingest
+
+    summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
+                         overwrite=overwrite, progress=lambda it: progress(it, "ingest"))
+    click.echo(f"wrote {summary.samples} samples in {summary.shards} shards "
+               f"({len(summary.classes)} classes) to {summary.out_dir}")
+    if skip_bad:
+        click.echo(f"skipped {len(summary.skipped)} unreadable images")
+        for what in summary.skipped:
+            click.echo(f"  skipped: {what}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("train_out", type=click.Path(path_type=Path))
+@click.argument("test_out", type=click.Path(path_type=Path))
+@click.option("--test-fraction", required=True, type=float, help="Share of each class that goes to TEST_OUT.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Default: the input's.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already hold datasets.")
+def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, seed: int,
+          shard_size: int | None, overwrite: bool) -> None:
+    """Split DATASET into TRAIN_OUT and TEST_OUT, stratified by class, deterministically.
+
+    Example: factory split data/digits data/train data/test --test-fraction 0.2 --seed 0
+    """
+    from factory.ingest import split as run_split
+
+    counts = run_split(dataset, train_out, test_out, test_fraction=test_fraction, seed=seed,
+                       shard_size=shard_size, overwrite=overwrite)
+    click.echo(f"train: {counts['train']} samples -> {train_out}; test: {counts['test']} samples -> {test_out}")
+
+
+@cli.command()
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
+    """Re-hash every shard, check counts and decode every image. Exit 1 if anything is wrong.
+
+    Example: factory verify data/real/train data/real/test
+    """
+    from factory.inspection import verify as run_verify
+
+    results = [run_verify(p) for p in datasets]
+    if as_json:
+        click.echo(json.dumps([{"dataset": str(r.dataset), "ok": r.ok, "samples": r.samples,
+                                "shards": r.shards, "problems": r.problems} for r in results], indent=2))
+    else:
+        for r in results:
+            if r.ok:
+                click.echo(f"OK   {r.dataset}: {r.samples} samples in {r.shards} shards")
+            else:
+                click.echo(f"BAD  {r.dataset}: {len(r.problems)} problem(s)")
+                for problem in r.problems:
+                    click.echo(f"  {problem}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.command(name="inspect")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def inspect_cmd(dataset: Path, as_json: bool) -> None:
+    """Summarise DATASET: samples, classes with counts, sources, generations, image sizes, bytes.
+
+    Example: factory inspect data/real/train --json
+    """
+    from factory.inspection import format_summary, summarize
+
+    info = summarize(dataset)
+    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("key")
+def show(dataset: Path, key: str) -> None:
+    """Print the provenance record of sample KEY in DATASET as JSON.
+
+    Example: factory show data/real/train digits-00000
+    """
+    from factory.inspection import show as run_show
+
+    click.echo(run_show(dataset, key))
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-class", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cell", default=64, show_default=True, type=click.IntRange(min=8), help="Cell size in pixels.")
+def grid(dataset: Path, out: Path, per_class: int, cell: int) -> None:
+    """Draw a contact sheet of DATASET to OUT.png: one labelled row per class.
+
+    Example: factory grid data/real/train grid.png --per-class 10
+    """
+    from factory.inspection import grid as run_grid
+
+    click.echo(f"wrote {run_grid(dataset, out, per_class=per_class, cell=cell)}")
+
+
+def main() -> None:
+    cli(prog_name="factory")
+
+
+if __name__ == "__main__":
+    main()
