@@ -111,7 +111,11 @@ def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
     Example: factory verify data/real/train data/real/test
     """
     from factory.inspection import verify as run_verify
+    from factory.shards import INDEX_NAME, Dataset
 
+    for p in datasets:  # a path that is no dataset at all is bad input (exit 2), not a failed check
+        if not (p / INDEX_NAME).is_file():
+            Dataset(p)
     results = [run_verify(p) for p in datasets]
     if as_json:
         click.echo(json.dumps([{"dataset": str(r.dataset), "ok": r.ok, "samples": r.samples,

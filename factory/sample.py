@@ -144,8 +144,7 @@ def synthetic_sample(key: str, data: bytes, label: int, class_name: str, *, prom
     record = _base_record(key, data, label, class_name, "synthetic", image)
     record["prompt"] = {k: prompt.get(k) for k in PROMPT_FIELDS}
     record["seed"] = int(seed)
-    record["generator"] = {k: generator.get(k) for k in GENERATOR_FIELDS} | {
-        k: v for k, v in generator.items() if k not in GENERATOR_FIELDS}
+    record["generator"] = dict(generator)
     record["generation"] = int(generation)
     record["parents"] = [dict(p) for p in parents]
     if group is not None:

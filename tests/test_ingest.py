@@ -1,0 +1,173 @@
+import hashlib
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from factory.errors import FactoryError
+from factory.ingest import ingest, split, stratified_test_keys
+from factory.inspection import verify
+from factory.shards import Dataset
+
+
+def test_sklearn_digits(digits):
+    ds = Dataset(digits)
+    assert len(ds) == 1797 and ds.classes == [str(i) for i in range(10)]
+    samples = list(ds)
+    assert len({s.key for s in samples}) == 1797
+    im = samples[0].pil()
+    assert im.mode == "L" and im.size == (8, 8) and samples[0].ext == "png"
+    assert max(np.asarray(s.pil()).max() for s in samples[:50]) == 255
+    assert samples[0].provenance["origin"] == {"dataset": "sklearn:digits", "index": 0}
+    assert verify(digits).ok
+
+
+def test_imagenette_folder_keeps_original_bytes(imagenette, tmp_path):
+    summary = ingest(str(imagenette / "train"), tmp_path / "inet", shard_size=300)
+    assert summary.samples == 2000 and set(summary.classes.values()) == {200} and len(summary.classes) == 10
+    ds = Dataset(tmp_path / "inet")
+    assert ds.classes == sorted(p.name for p in (imagenette / "train").iterdir())
+    assert len(ds.shards) == 7
+    for s in ds:
+        original = (imagenette / "train" / s.provenance["origin"]["path"]).read_bytes()
+        assert s.image == original and s.ext == "jpg"
+        assert s.provenance["sha256"] == hashlib.sha256(original).hexdigest()
+        assert ds.classes[s.label] == s.provenance["origin"]["path"].split("/")[0]
+    assert verify(tmp_path / "inet").ok
+
+
+def write_image(path: Path, mode: str, fmt: str, size=(12, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    color = {"L": 100, "RGB": (1, 2, 3), "RGBA": (10, 20, 30, 40), "CMYK": (1, 2, 3, 4), "P": 5}[mode]
+    Image.new(mode, size, color).save(path, format=fmt)
+
+
+def test_folder_with_mixed_modes(tmp_path):
+    write_image(tmp_path / "src" / "cats" / "gray.png", "L", "PNG")
+    write_image(tmp_path / "src" / "cats" / "cmyk.jpg", "CMYK", "JPEG")
+    write_image(tmp_path / "src" / "dogs" / "rgba.png", "RGBA", "PNG")
+    write_image(tmp_path / "src" / "dogs" / "pal.png", "P", "PNG")
+    write_image(tmp_path / "src" / "dogs" / "x.webp", "RGB", "WEBP")
+    summary = ingest(str(tmp_path / "src"), tmp_path / "out")
+    assert summary.classes == {"cats": 2, "dogs": 3}
+    by_key = {s.key: s for s in Dataset(tmp_path / "out")}
+    assert set(by_key) == {"cats_cmyk", "cats_gray", "dogs_pal", "dogs_rgba", "dogs_x"}
+    assert by_key["cats_cmyk"].pil().mode == "CMYK" and by_key["dogs_rgba"].pil().mode == "RGBA"
+    assert by_key["dogs_x"].ext == "webp"
+    assert by_key["cats_gray"].image == (tmp_path / "src" / "cats" / "gray.png").read_bytes()
+
+
+def test_key_collisions_get_suffixes(tmp_path):
+    write_image(tmp_path / "src" / "a" / "x.png", "L", "PNG")
+    write_image(tmp_path / "src" / "a" / "x.jpg", "RGB", "JPEG")
+    ingest(str(tmp_path / "src"), tmp_path / "out")
+    assert sorted(s.key for s in Dataset(tmp_path / "out")) == ["a_x", "a_x-2"]
+
+
+def test_corrupt_image_fails_cleanly_or_is_skipped(tmp_path, imagenette):
+    src = tmp_path / "src"
+    for cls in ["n01440764", "n02102040"]:
+        for f in sorted((imagenette / "train" / cls).iterdir())[:3]:
+            (src / cls).mkdir(parents=True, exist_ok=True)
+            (src / cls / f.name).write_bytes(f.read_bytes())
+    bad = src / "n02102040" / "broken.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with pytest.raises(FactoryError, match="broken.JPEG"):
+        ingest(str(src), tmp_path / "out", shard_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    summary = ingest(str(src), tmp_path / "out", shard_size=2, skip_bad=True)
+    assert summary.samples == 6 and len(summary.skipped) == 1 and "broken.JPEG" in summary.skipped[0]
+    # a truncated JPEG (valid header, cut body) is caught too
+    good = sorted((src / "n01440764").iterdir())[0]
+    (src / "n01440764" / "trunc.JPEG").write_bytes(good.read_bytes()[:400])
+    with pytest.raises(FactoryError, match="trunc.JPEG"):
+        ingest(str(src), tmp_path / "out2")
+
+
+def test_hf_source_from_disk(tmp_path, imagenette):
+    import datasets
+
+    files, labels = [], []
+    classes = sorted(p.name for p in (imagenette / "test").iterdir())[:3]
+    for label, cls in enumerate(classes):
+        for f in sorted((imagenette / "test" / cls).iterdir())[:4]:
+            files.append(str(f))
+            labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    dset = datasets.Dataset.from_dict({"image": files, "label": labels}, features=features)
+    datasets.DatasetDict({"train": dset, "validation": dset.select(range(2))}).save_to_disk(tmp_path / "hfd")
+    summary = ingest(f"hf:{tmp_path / 'hfd'}:train", tmp_path / "out")
+    assert summary.samples == 12 and summary.classes == {c: 4 for c in classes}
+    samples = list(Dataset(tmp_path / "out"))
+    assert samples[5].image == Path(files[5]).read_bytes()
+    assert samples[5].provenance["origin"]["dataset"].endswith("hfd:train")
+    with pytest.raises(FactoryError, match="has splits"):
+        ingest(f"hf:{tmp_path / 'hfd'}", tmp_path / "out2")
+    with pytest.raises(FactoryError, match="no split 'nope'"):
+        ingest(f"hf:{tmp_path / 'hfd'}:nope", tmp_path / "out2")
+    dset.save_to_disk(tmp_path / "single")
+    assert ingest(f"hf:{tmp_path / 'single'}", tmp_path / "out3").samples == 12
+
+
+def test_reshard_keeps_samples(digits, tmp_path):
+    summary = ingest(str(digits), tmp_path / "re", shard_size=700, name="digits-700")
+    assert summary.samples == 1797 and summary.shards == 3
+    old = {s.key: (s.image, s.provenance) for s in Dataset(digits)}
+    new = {s.key: (s.image, s.provenance) for s in Dataset(tmp_path / "re")}
+    assert old == new
+    assert Dataset(tmp_path / "re").meta["resharded_from"]["index_sha256"] == Dataset(digits).index_sha256
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("s3:bucket/x", "unknown source scheme 's3'"),
+    ("sklearn:iris", "unknown sklearn source"),
+    ("/no/such/folder", "no such file or folder"),
+    ("sklearn:digits-colored?bias=2", "bias must be in"),
+    ("sklearn:digits-colored?colour=1", "unknown option"),
+])
+def test_bad_sources(spec, match, tmp_path):
+    with pytest.raises(FactoryError, match=match):
+        ingest(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_colored_digits_bias(tmp_path):
+    ingest("sklearn:digits-colored?bias=0.8&seed=1", tmp_path / "c")
+    ds = Dataset(tmp_path / "c")
+    from factory.sources import PALETTE
+
+    agree = Counter()
+    for s in ds:
+        color = s.provenance["attributes"]["color"]
+        agree[color == PALETTE[s.label][0]] += 1
+        assert s.pil().mode == "RGB"
+    rate = agree[True] / len(ds)
+    assert 0.76 < rate < 0.84, rate
+    assert ds.meta["attributes"]["color"][0] == "red"
+
+
+def test_split_is_stratified_deterministic_and_disjoint(digits, tmp_path):
+    counts = split(digits, tmp_path / "tr", tmp_path / "te", test_fraction=0.25, seed=3)
+    tr, te = Dataset(tmp_path / "tr"), Dataset(tmp_path / "te")
+    assert counts == {"train": len(tr), "test": len(te)} and len(tr) + len(te) == 1797
+    train_keys, test_keys = {s.key for s in tr}, {s.key for s in te}
+    assert not train_keys & test_keys
+    full = Counter(s.label for s in Dataset(digits))
+    test_counts = Counter(s.label for s in te)
+    for label, n in full.items():
+        assert test_counts[label] == round(n * 0.25)
+    split(digits, tmp_path / "tr2", tmp_path / "te2", test_fraction=0.25, seed=3)
+    assert (tmp_path / "te" / "shard-000000.tar").read_bytes() == (tmp_path / "te2" / "shard-000000.tar").read_bytes()
+    split(digits, tmp_path / "tr3", tmp_path / "te3", test_fraction=0.25, seed=4)
+    assert {s.key for s in Dataset(tmp_path / "te3")} != test_keys
+    assert te.meta["split_of"]["index_sha256"] == Dataset(digits).index_sha256
+
+
+def test_stratified_keys_ignore_input_order():
+    pairs = [(f"k{i}", i % 3) for i in range(30)]
+    assert stratified_test_keys(pairs, 0.3, 0) == stratified_test_keys(pairs[::-1], 0.3, 0)
+    with pytest.raises(FactoryError, match="test fraction"):
+        stratified_test_keys(pairs, 1.0, 0)

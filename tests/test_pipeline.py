@@ -1,0 +1,64 @@
+"""The DVC pipeline, run for real with ``dvc repro`` in a temporary copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory.inspection import verify
+from factory.shards import Dataset
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dest / f)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
+    return dest
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(repo),
+           "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([os.path.join(bindir, "dvc"), *args], cwd=repo, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    p = dvc(repo, "repro", "split")
+    assert p.returncode == 0, p.stdout + p.stderr
+    return repo
+
+
+def test_repro_builds_real_splits(repo):
+    train, test = Dataset(repo / "data/real/train"), Dataset(repo / "data/real/test")
+    assert len(train) + len(test) == 1797 and len(test) == 359
+    assert verify(repo / "data/real/train").ok and verify(repo / "data/real/test").ok
+    p = dvc(repo, "status", "split")
+    assert p.returncode == 0 and "up to date" in p.stdout, p.stdout
+
+
+def test_param_change_reruns_only_the_split(repo):
+    before = (repo / "data/real/full/index.json").read_bytes()
+    params = (repo / "params.yaml").read_text().replace("test_fraction: 0.2", "test_fraction: 0.3")
+    (repo / "params.yaml").write_text(params)
+    p = dvc(repo, "repro", "split")
+    assert p.returncode == 0, p.stderr
+    assert "Stage 'ingest' didn't change" in p.stdout and "Running stage 'split'" in p.stdout
+    assert (repo / "data/real/full/index.json").read_bytes() == before
+    assert len(Dataset(repo / "data/real/test")) == 539
