@@ -8,7 +8,7 @@ Library code never reads ``params.yaml``; stages load a section here and pass it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,10 +34,93 @@ class SplitParams(Section):
     shard_size: int = Field(1000, ge=1)
 
 
+class AttributeParams(Section):
+    values: list[str] = Field(min_length=1)
+    weights: list[float] | None = None  # None: uniform
+
+
+class PlanParams(Section):
+    dataset: str = "data/real/train"  # the real dataset whose classes the plan uses
+    classes: Literal["all"] | list[str] = "all"
+    images_per_class: int = Field(100, gt=0)
+    images_per_prompt: int = Field(4, gt=0)
+    templates: list[str] = Field(default_factory=lambda: ["a photo of the digit {class_name}"], min_length=1)
+    attributes: dict[str, list[str] | AttributeParams] = Field(default_factory=dict)
+    oversample: float = Field(1.0, ge=1.0)
+
+
+class RayParams(Section):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    cpus_per_task: float = Field(1.0, gt=0)
+    gpus_per_task: float = Field(0.0, ge=0)
+
+
+class GenerateParams(Section):
+    backend: Literal["embedded", "diffusers"] = "embedded"
+    model: str = "models/generator"
+    guidance_scale: float = Field(2.0, ge=0)
+    steps: int = Field(20, ge=1)
+    scheduler: Literal["ddim", "dpm", "euler", "ddpm", "pndm"] = "ddim"
+    negative_prompt: str | None = None
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    batch_size: int = Field(64, ge=1)
+    shard_size: int = Field(500, ge=1)
+    executor: Literal["local", "ray"] = "local"
+    ray: RayParams = RayParams()
+    parents: list[dict[str, Any]] | None = None  # diffusers: what the pipeline was trained on, if known
+
+
 class Params(Section):
     base: BaseParams = BaseParams()
     ingest: IngestParams = IngestParams()
     split: SplitParams = SplitParams()
+    plan: PlanParams = PlanParams()
+    train_generator: dict[str, Any] = Field(default_factory=dict)  # validated by train_generator_config
+    generate: GenerateParams = GenerateParams()
+
+
+def plan_config(params: Params):
+    """``plan`` + ``base.seed`` -> :class:`factory.prompts.PlanConfig`."""
+    from factory.prompts import AttributeAxis, PlanConfig
+
+    p = params.plan
+    axes = []
+    for name, spec in p.attributes.items():
+        if isinstance(spec, list):
+            axes.append(AttributeAxis.make(name, spec))
+        else:
+            axes.append(AttributeAxis.make(name, spec.values, spec.weights))
+    return PlanConfig(images_per_class=p.images_per_class, images_per_prompt=p.images_per_prompt,
+                      templates=tuple(p.templates), attributes=tuple(axes),
+                      classes=None if p.classes == "all" else tuple(p.classes), oversample=p.oversample,
+                      seed=params.base.seed)
+
+
+def train_generator_config(params: Params):
+    """``train_generator`` (seed defaults to ``base.seed``) -> EmbeddedTrainConfig."""
+    from factory.generators.embedded import EmbeddedTrainConfig
+
+    section = dict(params.train_generator)
+    section.setdefault("seed", params.base.seed)
+    return EmbeddedTrainConfig.from_dict(section)
+
+
+def generate_config(params: Params):
+    """``generate`` -> :class:`factory.generate.GenerateConfig`."""
+    from factory.generate import GenerateConfig, GeneratorSpec, RayConfig
+    from factory.generators.base import SamplerConfig
+
+    g = params.generate
+    sampler = SamplerConfig(guidance_scale=g.guidance_scale, steps=g.steps, scheduler=g.scheduler,
+                            negative_prompt=g.negative_prompt, height=g.height, width=g.width, dtype=g.dtype,
+                            device=g.device, batch_size=g.batch_size)
+    return GenerateConfig(GeneratorSpec(g.backend, g.model, sampler), shard_size=g.shard_size,
+                          executor=g.executor, ray=RayConfig(**g.ray.model_dump()),
+                          parents=tuple(g.parents) if g.parents is not None else None)
 
 
 S = TypeVar("S", bound=BaseModel)

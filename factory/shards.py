@@ -139,8 +139,25 @@ def write_index(out_dir: Path, index: Mapping[str, Any]) -> None:
     atomic_write_bytes(Path(out_dir) / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True).encode() + b"\n")
 
 
-def _staging_dir(out_dir: Path) -> Path:
+def staging_dir(out_dir: Path) -> Path:
+    """Where a dataset is assembled before it is moved to ``out_dir`` (hidden, next to it)."""
     return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def publish(staging: Path, out_dir: Path, index: Mapping[str, Any]) -> None:
+    """Write ``index.json`` into the complete ``staging`` folder, then move it to ``out_dir``,
+    replacing what was there. Until the final rename, ``out_dir`` keeps its previous content."""
+    write_index(staging, index)
+    for tmp in staging.glob(".*.tmp-*"):  # leftovers of killed shard writers
+        tmp.unlink()
+    trash = None
+    if out_dir.exists():
+        trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, trash)
+    os.replace(staging, out_dir)
+    _fsync_dir(out_dir.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
@@ -181,7 +198,7 @@ class DatasetWriter:
         self.shards: list[ShardInfo] = []
         self._buffer: list[Sample] = []
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = _staging_dir(self.out_dir)
+        self.staging = staging_dir(self.out_dir)
         if self.staging.exists():  # left by a crashed run: never a final output
             shutil.rmtree(self.staging)
         self.staging.mkdir()
@@ -214,15 +231,7 @@ class DatasetWriter:
     def close(self) -> dict[str, Any]:
         self._flush()
         index = make_index(self.name, self.classes, self.shards, self.counts, self.meta)
-        write_index(self.staging, index)
-        trash = None
-        if self.out_dir.exists():
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
-            os.replace(self.out_dir, trash)
-        os.replace(self.staging, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        publish(self.staging, self.out_dir, index)
         self._closed = True
         log.info("wrote %s: %d samples in %d shards", self.out_dir, index["samples"], len(self.shards))
         return index

@@ -1,0 +1,30 @@
+"""Stage ``train_generator``: ``data/real/train`` -> ``models/generator`` (the embedded diffusion model)."""
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from factory.config import load_params, train_generator_config
+from factory.generators.embedded import train_generator
+from factory.stage import run_stage
+
+OUT, METRICS = "models/generator", Path("metrics/train_generator.json")
+
+
+def main() -> None:
+    params = load_params()
+    cfg = train_generator_config(params)
+    with tqdm(total=cfg.steps, desc="train_generator", unit="step", mininterval=5) as bar:
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+        summary = train_generator(params.plan.dataset, cfg, OUT, progress=progress)
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    METRICS.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"train_generator: {summary}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
