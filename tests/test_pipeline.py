@@ -37,10 +37,33 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([os.path.join(bindir, "dvc"), *args], cwd=repo, capture_output=True, text=True, env=env)
 
 
+TINY = """
+train_generator:
+  image_size: 8
+  block_out_channels: [8, 16]
+  norm_num_groups: 4
+  steps: 10
+  batch_size: 32
+  warmup_steps: 2
+"""
+
+
+def shrink_params(repo: Path) -> None:
+    """The real pipeline, with a tiny generator and a small plan so the test takes seconds."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train_generator"] = yaml.safe_load(TINY)["train_generator"]
+    params["plan"]["images_per_class"] = 4
+    params["generate"].update(steps=3, batch_size=8, shard_size=16)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    p = dvc(repo, "repro", "split")
+    shrink_params(repo)
+    p = dvc(repo, "repro")
     assert p.returncode == 0, p.stdout + p.stderr
     return repo
 
@@ -49,8 +72,26 @@ def test_repro_builds_real_splits(repo):
     train, test = Dataset(repo / "data/real/train"), Dataset(repo / "data/real/test")
     assert len(train) + len(test) == 1797 and len(test) == 359
     assert verify(repo / "data/real/train").ok and verify(repo / "data/real/test").ok
-    p = dvc(repo, "status", "split")
+    p = dvc(repo, "status")
     assert p.returncode == 0 and "up to date" in p.stdout, p.stdout
+
+
+def test_repro_generates_the_synthetic_dataset(repo):
+    raw = Dataset(repo / "data/synthetic/raw")
+    assert len(raw) == 40 and verify(raw.path).ok
+    assert (repo / "models/generator/model.safetensors").is_file()
+    s = next(iter(raw))
+    assert s.provenance["generator"]["guidance_scale"] == 2.0
+    assert s.provenance["parents"][0]["index_sha256"] == Dataset(repo / "data/real/train").index_sha256
+
+
+def test_exp_run_guidance_reruns_only_generate(repo):
+    p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"generate"}, p.stdout
+    s = next(iter(Dataset(repo / "data/synthetic/raw")))
+    assert s.provenance["generator"]["guidance_scale"] == 1.0
 
 
 def test_param_change_reruns_only_the_split(repo):
