@@ -13,10 +13,18 @@ loaded with ``DiffusionPipeline.from_pretrained(..., local_files_only=True)``.
 Reproducibility. Every image gets its own CPU ``torch.Generator`` seeded with the request's seed, so
 its initial latents (and the noise of stochastic schedulers such as DDPM and Euler) depend on that
 seed alone, whatever else is in the batch. On CUDA the latents are drawn on the CPU and moved to the
-GPU (diffusers does this for CPU generators), so a seed means the same starting noise on any
-machine. The rest of the computation is floating point: bit-exact batch invariance is tested on
-the CPU in float32; on a GPU or in float16 kernels may pick different reduction orders for different
-batch sizes, so the same seed can give slightly different pixels at another ``batch_size``.
+GPU (diffusers does this for CPU generators), so a seed means the same starting noise on any machine.
+
+The rest is floating point, and kernels pick their algorithm by tensor shape: on the CPU, oneDNN
+convolutions give a batch of one slightly different results (~1e-7) from a batch of several, which
+is enough to flip a rounded pixel. So every pipeline call has the same shape: requests are cut into
+micro-batches of exactly ``sampler.batch_size``, and a short last batch is padded with copies of its
+last request whose images are thrown away. An image's bytes then depend only on its request and the
+settings (``batch_size`` included, so :meth:`DiffusersGenerator.describe` records it), not on its
+neighbours or its position: generated alone or among others, the bytes are the same (tested on the
+CPU in float32). The cost is up to ``batch_size - 1`` wasted images per :meth:`generate` call.
+On a GPU the same padding keeps shapes fixed, but bit-exactness there also needs deterministic
+kernels (no ``cudnn.benchmark``) and is not tested here.
 
 Safety checker. Pipelines that have one (Stable Diffusion 1.x/2.x) are loaded with
 ``safety_checker=None``: the checker replaces images it flags with black squares, which would
@@ -188,12 +196,13 @@ class DiffusersGenerator:
     interface. Build it with :meth:`load`."""
 
     def __init__(self, pipe: Any, sampler: SamplerConfig, *, model: str, weights_sha256: str,
-                 device: str, height: int, width: int) -> None:
+                 device: str, dtype: str, height: int, width: int) -> None:
         self.pipe = pipe
         self.sampler = sampler
         self.model = model
         self.weights_sha256 = weights_sha256
         self.device = device
+        self.dtype = dtype  # "float32", "float16" or "bfloat16"
         self.height = height
         self.width = width
 
@@ -208,15 +217,17 @@ class DiffusersGenerator:
         import torch
         from diffusers import DiffusionPipeline
 
-        model = str(path)
-        folder = resolve_pipeline_folder(path)
-        index = _read_model_index(model, folder)
         if sampler.negative_prompt is not None and sampler.guidance_scale <= 1:
             raise FactoryError(
                 f"negative_prompt has no effect unless guidance_scale > 1 (classifier-free "
                 f"guidance is off); got guidance_scale {sampler.guidance_scale}")
         device = _resolve_device(sampler.device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise FactoryError(f"device must be cpu or auto when CUDA is not available; got {device!r}")
         dtype = _resolve_dtype(sampler.dtype, device)
+        model = str(path)
+        folder = resolve_pipeline_folder(path)
+        index = _read_model_index(model, folder)
         if device == "cpu" and dtype == torch.float16:
             log.warning("float16 on the CPU is slow and not supported by every layer; "
                         "use dtype float32 or auto")
@@ -256,11 +267,7 @@ class DiffusersGenerator:
         height = sampler.height if sampler.height is not None else native_h
         width = sampler.width if sampler.width is not None else native_w
         return cls(pipe, sampler, model=model, weights_sha256=weights_sha256(folder), device=device,
-                   height=height, width=width)
-
-    @property
-    def dtype(self) -> str:
-        return str(self.pipe.dtype).removeprefix("torch.")
+                   dtype=str(dtype).removeprefix("torch."), height=height, width=width)
 
     def describe(self) -> dict[str, Any]:
         s = self.sampler
@@ -276,14 +283,22 @@ class DiffusersGenerator:
             "width": self.width,
             "dtype": self.dtype,
             "pipeline": type(self.pipe).__name__,
+            "batch_size": s.batch_size,  # fixed micro-batch shape; part of what makes the bytes
         }
 
     def generate(self, requests: Sequence[GenRequest]) -> list[bytes]:
-        """PNG bytes, one per request, in request order; ``sampler.batch_size`` images per call."""
+        """PNG bytes, one per request, in request order.
+
+        Runs the pipeline on micro-batches of exactly ``sampler.batch_size`` prompts (the last one
+        padded, see the module docstring), so each image's bytes are independent of the others.
+        """
         out: list[bytes] = []
         size = self.sampler.batch_size
         for start in range(0, len(requests), size):
-            out.extend(_png(im) for im in self._images(requests[start:start + size]))
+            batch = list(requests[start:start + size])
+            padded = batch + [batch[-1]] * (size - len(batch))
+            images = self._images(padded)
+            out.extend(_png(im) for im in images[:len(batch)])
         return out
 
     def _images(self, batch: Sequence[GenRequest]) -> list[Any]:
