@@ -74,6 +74,22 @@ class GenerateParams(Section):
     parents: list[dict[str, Any]] | None = None  # diffusers: what the pipeline was trained on, if known
 
 
+class CurateParams(Section):
+    scorer_backend: Literal["embedded", "open_clip"] = "embedded"
+    scorer_model: str = "models/clip"  # a folder (embedded) or an open_clip architecture name
+    scorer_checkpoint: str | None = None  # open_clip: a local weights file
+    min_score: float | None = None  # null: calibrated on data/real/train
+    min_margin: float | None = None
+    percentile: float = Field(5.0, ge=0, lt=100)
+    hash: Literal["phash", "dhash", "whash"] = "phash"
+    hash_size: int = Field(8, ge=2, le=32)
+    max_distance: int | None = Field(None, ge=0)
+    semantic_dedup: bool = False
+    semantic_threshold: float = Field(0.95, ge=-1, le=1)
+    drop_memorized: bool = False
+    rebalance: bool = True
+
+
 class Params(Section):
     base: BaseParams = BaseParams()
     ingest: IngestParams = IngestParams()
@@ -81,6 +97,8 @@ class Params(Section):
     plan: PlanParams = PlanParams()
     train_generator: dict[str, Any] = Field(default_factory=dict)  # validated by train_generator_config
     generate: GenerateParams = GenerateParams()
+    train_clip: dict[str, Any] = Field(default_factory=dict)  # validated by train_clip_config
+    curate: CurateParams = CurateParams()
 
 
 def plan_config(params: Params):
@@ -151,3 +169,24 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise FactoryError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return parse(Params, data, str(path))
+
+
+def train_clip_config(params: Params):
+    """``train_clip`` (seed defaults to ``base.seed``) -> ClipTrainConfig."""
+    from factory.scoring import ClipTrainConfig
+
+    section = dict(params.train_clip)
+    section.setdefault("seed", params.base.seed)
+    return ClipTrainConfig.from_dict(section)
+
+
+def curate_config(params: Params):
+    """``curate`` + ``base.seed`` -> :class:`factory.curate.CurateConfig`."""
+    from factory.curate import CurateConfig, FilterConfig
+    from factory.dedup import DedupConfig
+
+    c = params.curate
+    return CurateConfig(filter=FilterConfig(c.min_score, c.min_margin, c.percentile),
+                        dedup=DedupConfig(c.hash, c.hash_size, c.max_distance, c.semantic_threshold),
+                        semantic_dedup=c.semantic_dedup, drop_memorized=c.drop_memorized, rebalance=c.rebalance,
+                        seed=params.base.seed)
