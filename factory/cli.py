@@ -278,7 +278,7 @@ def filter_cmd(dataset: Path, out_dir: Path, scorer_spec: str, min_score: float 
     """
     from factory.curate import CurateConfig, FilterConfig, curate
 
-    cfg = CurateConfig(filter=FilterConfig(min_score, min_margin, percentile), rebalance=False)
+    cfg = CurateConfig(filter=FilterConfig(min_score, min_margin, percentile), deduplicate=False, rebalance=False)
     scorer = parse_scorer(scorer_spec)
     calib = None if (min_score is not None and min_margin is not None) else calibrate_on
     r = curate(dataset, out_dir, scorer=scorer, cfg=cfg, calibrate_on=calib, rejected_dir=rejected,

@@ -59,6 +59,7 @@ class FilterConfig:
 class CurateConfig:
     filter: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
+    deduplicate: bool = True  # False: the semantic-mismatch filter alone (factory filter)
     semantic_dedup: bool = False  # also pair images whose CLIP embeddings have cosine >= threshold
     drop_memorized: bool = False
     rebalance: bool = True
@@ -81,7 +82,9 @@ def _own_text(scorer: Scorer, sample: Sample) -> str:
 
     prompt = sample.provenance.get("prompt") or {}
     attrs = sample.provenance.get("attributes") or prompt.get("attributes") or None
-    if isinstance(scorer, EmbeddedScorer):
+    if isinstance(scorer, EmbeddedScorer):  # judge only the attributes the scorer was trained on
+        known = scorer.attributes
+        attrs = {a: v for a, v in (attrs or {}).items() if str(v) in known.get(a, ())} or None
         return scorer.caption(sample.provenance["class_name"], attrs)
     return prompt.get("text") or scorer.class_prompts([sample.provenance["class_name"]], attrs)[0]
 
@@ -210,18 +213,24 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
 
     # 2. near-duplicates, leaks, memorisation
     test, train = [Path(p) for p in test], [Path(p) for p in train]
-    against = test + (train if cfg.drop_memorized else [])
-    dedup = find_duplicates(ds.path, against=against, report_against=[] if cfg.drop_memorized else train,
-                            config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None)
-    test_set, train_set = {str(p) for p in test}, {str(p) for p in train}
-    for pair in dedup.pairs:
-        if pair["b_dataset"] in test_set:
-            reason[pair["a"]] = "leak"  # a leak is always named, whatever else is wrong with it
-    for key in dedup.removed:
-        if key not in reason:
-            near = dedup.reasons.get(key, "").startswith("near-duplicate")
-            reason[key] = "near_duplicate" if near else "memorized"
-    memorized = {p["a"] for p in dedup.pairs if p["b_dataset"] in train_set}
+    memorized: set[str] = set()
+    dedup_summary: dict[str, Any] | None = None
+    if cfg.deduplicate:
+        against = test + (train if cfg.drop_memorized else [])
+        dedup = find_duplicates(ds.path, against=against, report_against=[] if cfg.drop_memorized else train,
+                                config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None)
+        test_set, train_set = {str(p) for p in test}, {str(p) for p in train}
+        for pair in dedup.pairs:
+            if pair["b_dataset"] in test_set:
+                reason[pair["a"]] = "leak"  # a leak is always named, whatever else is wrong with it
+        for key in dedup.removed:
+            if key not in reason:
+                near = dedup.reasons.get(key, "").startswith("near-duplicate")
+                reason[key] = "near_duplicate" if near else "memorized"
+        memorized = {p["a"] for p in dedup.pairs if p["b_dataset"] in train_set}
+        dedup_summary = dedup.summary | {"config": {
+            "hash": cfg.dedup.hash, "hash_size": cfg.dedup.hash_size, "max_distance": cfg.dedup.distance,
+            "semantic_threshold": cfg.dedup.semantic_threshold if cfg.semantic_dedup else None}}
 
     # 3. rebalance to the plan's exact quotas
     shortfalls: list[dict[str, Any]] = []
@@ -282,12 +291,9 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
         "filter": {"thresholds": asdict(thresholds), "flagged_rate":
                    round(sum(1 for r in reason.values() if r.startswith("low_clip")) / max(len(info), 1), 4),
                    "clip_mean": round(float(clip_all.mean()), 4) if len(clip_all) else None},
-        "dedup": dedup.summary | {"config": {"hash": cfg.dedup.hash, "hash_size": cfg.dedup.hash_size,
-                                             "max_distance": cfg.dedup.distance,
-                                             "semantic_threshold": cfg.dedup.semantic_threshold
-                                             if cfg.semantic_dedup else None}},
+        "dedup": dedup_summary,
         "leaks": sorted(k for k, r in reason.items() if r == "leak"),
-        "memorization_rate": round(len(memorized) / max(len(info), 1), 6) if train else None,
+        "memorization_rate": round(len(memorized) / max(len(info), 1), 6) if train and cfg.deduplicate else None,
         "rebalance": {"enabled": bool(cfg.rebalance and the_plan is not None), "shortfalls": shortfalls},
         "scorer": scorer_desc,
     }

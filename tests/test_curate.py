@@ -1,0 +1,166 @@
+"""Curation with a real (small) CLIP trained in the test: planted wrong labels, leaks, duplicates, quotas."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from factory.cli import cli
+from factory.curate import CurateConfig, FilterConfig, curate
+from factory.dedup import DedupConfig
+from factory.prompts import AttributeAxis, PlanConfig, build_plan, write_plan
+from factory.sample import synthetic_sample
+from factory.shards import Dataset, DatasetWriter
+
+GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "scheduler": "ddim", "steps": 20,
+       "guidance_scale": 2.0, "negative_guidance": None, "height": 8, "width": 8, "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, digits_split):
+    from factory.scoring import ClipTrainConfig, train_clip
+
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    cfg = ClipTrainConfig(vision_width=64, vision_layers=2, vision_head_width=32, embed_dim=32, text_width=64,
+                          text_layers=1, text_heads=2, steps=150, batch_size=128)
+    train_clip(digits_split[0], cfg, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(clip_dir):
+    from factory.scoring import load_scorer
+
+    return load_scorer("embedded", clip_dir)
+
+
+def as_synthetic(real, key, label, classes, attributes=None, image=None, group=None):
+    """A synthetic-looking sample from a real image (so we know what it shows)."""
+    data = real.image if image is None else image
+    return synthetic_sample(key, data, label, classes[label],
+                            prompt={"text": f"a photo of the digit {classes[label]}", "template": "t",
+                                    "attributes": attributes or {}},
+                            seed=1, generator=GEN, generation=1, parents=[], group=group)
+
+
+def png_shifted(sample) -> bytes:
+    """The same digit, one pixel brighter everywhere: a near-duplicate, not a byte copy."""
+    px = np.asarray(sample.pil(), dtype=np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(px + 3, 0, 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, digits_split):
+    """200 synthetic-looking samples from real TRAIN images (distinct from test): 30 carry a wrong label,
+    5 are exact copies of real TEST images (leaks), 6 are near-copies of other samples in the set."""
+    train, test = Dataset(digits_split[0]), Dataset(digits_split[1])
+    classes = train.classes
+    out = tmp_path_factory.mktemp("planted") / "raw"
+    train_samples = list(train)[:200]
+    test_samples = list(test)[:5]
+    wrong, leaks, dups = set(), set(), set()
+    with DatasetWriter(out, "planted", classes, shard_size=64) as w:
+        for i, s in enumerate(train_samples):
+            label = s.label
+            if i % 7 == 3 and len(wrong) < 30:
+                label = (s.label + 5) % 10
+                wrong.add(f"s{i:03d}")
+            w.write(as_synthetic(s, f"s{i:03d}", label, classes))
+        for i, s in enumerate(test_samples):
+            leaks.add(f"t{i}")
+            w.write(as_synthetic(s, f"t{i}", s.label, classes))
+        for i, s in enumerate(train_samples[100:106]):
+            dups.add(f"z{i}")  # sorts after s1xx: the original is the one kept
+            w.write(as_synthetic(s, f"z{i}", s.label, classes, image=png_shifted(s)))
+    return out, wrong, leaks, dups
+
+
+def test_curate_catches_planted_problems(planted, scorer, digits_split, tmp_path):
+    raw, wrong, leaks, dups = planted
+    # 8x8 digits are low-detail: distinct digits often lie within 8 bits (the 64-bit default), so the
+    # digits pipeline uses 2 (params.yaml); at 2, 4 of the 359 real test digits match a real train digit.
+    cfg = CurateConfig(dedup=DedupConfig(max_distance=2))
+    r = curate(raw, tmp_path / "cur", scorer=scorer, cfg=cfg, calibrate_on=digits_split[0], test=[digits_split[1]],
+               train=[digits_split[0]], rejected_dir=tmp_path / "rej", report_path=tmp_path / "report.json")
+    rejected = {s.key: s.provenance["decision"]["reason"] for s in Dataset(tmp_path / "rej")}
+    kept = {s.key: s for s in Dataset(tmp_path / "cur")}
+    caught = {k for k in wrong if rejected.get(k, "").startswith("low_clip")}
+    assert len(caught) >= 0.8 * len(wrong), (len(caught), len(wrong))  # a small CLIP trained 150 steps
+    correct = [k for k in kept.keys() | rejected.keys() if k.startswith("s") and k not in wrong]
+    false_alarms = [k for k in correct if rejected.get(k, "").startswith("low_clip")]
+    assert len(false_alarms) <= 0.15 * len(correct)
+    assert all(rejected[k] == "leak" for k in leaks) and not leaks & kept.keys()
+    assert not dups & kept.keys()  # each near-copy of another sample is gone, for one reason or another
+    assert all(rejected[k] in ("near_duplicate", "low_clip_score", "low_clip_margin") for k in dups)
+    assert sum(rejected[k] == "near_duplicate" for k in dups) >= 4
+    s = next(iter(kept.values()))
+    assert set(s.provenance["scores"]) == {"clip", "clip_margin"} and s.provenance["decision"]["kept"] is True
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["reasons"]["leak"] == 5 and report["dedup"]["within"]["pairs"] >= 6
+    assert report["kept"] + report["rejected"] == 211 == report["samples"]
+    assert sum(sum(c.values()) for c in report["per_class"].values()) == 211
+    assert report["filter"]["thresholds"]["calibrated_on"] == str(digits_split[0])
+    assert report["memorization_rate"] > 0.9  # they are real train images: all memorised
+    assert sorted(report["leaks"]) == sorted(leaks)
+
+
+def test_explicit_thresholds_and_cli(planted, clip_dir, tmp_path):
+    raw, wrong, _, _ = planted
+    r = CliRunner().invoke(cli, ["filter", str(raw), str(tmp_path / "f"), "--scorer", f"embedded:{clip_dir}",
+                                 "--min-score", "-1", "--min-margin", "-2", "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert "kept 211 of 211" in r.output and len(Dataset(tmp_path / "f")) == 211
+    r = CliRunner().invoke(cli, ["filter", str(raw), str(tmp_path / "g"), "--scorer", "bogus"])
+    assert r.exit_code == 2 and "--scorer 'bogus'" in r.stderr
+    r = CliRunner().invoke(cli, ["filter", str(raw), str(tmp_path / "g"), "--scorer", f"embedded:{tmp_path}/none"])
+    assert r.exit_code == 2 and "none" in r.stderr
+
+
+def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
+    train = Dataset(digits_split[0])
+    axis = AttributeAxis.make("stroke", ["thin", "bold"], [3, 1])
+    plan = build_plan(PlanConfig(images_per_class=8, classes=("0", "1"), attributes=(axis,), oversample=2.0,
+                                 templates=("a {stroke} {class_name}",)), train.classes)
+    write_plan(plan, tmp_path / "plan.jsonl")
+    reals = {0: [s for s in train if s.label == 0][:16], 1: [s for s in train if s.label == 1][:16]}
+    with DatasetWriter(tmp_path / "raw", "x", train.classes, shard_size=50) as w:
+        for row in plan.rows:
+            if row.class_name == "1" and row.attributes["stroke"] == "bold" and "g00000" not in row.key:
+                continue  # make one cell fall short: 1 of its 4 rows is made, the target is 2
+            src = reals[row.label].pop()
+            w.write(as_synthetic(src, row.key, row.label, train.classes, row.attributes, group=row.group))
+    cfg = CurateConfig(filter=FilterConfig(min_score=-1, min_margin=-2))
+    r = curate(tmp_path / "raw", tmp_path / "cur", scorer=scorer, cfg=cfg, plan=tmp_path / "plan.jsonl")
+    from collections import Counter
+
+    cells = Counter((s.provenance["class_name"], s.provenance["attributes"]["stroke"])
+                    for s in Dataset(tmp_path / "cur"))
+    assert cells[("0", "thin")] == 6 and cells[("0", "bold")] == 2 and cells[("1", "thin")] == 6
+    assert cells[("1", "bold")] == 1
+    assert r.report["reasons"]["over_quota"] == 29 - 15  # 29 rows made, 15 kept
+    assert r.report["rebalance"]["shortfalls"] == [{"class": "1", "attributes": {"stroke": "bold"}, "target": 2, "kept": 1}]
+    again = curate(tmp_path / "raw", tmp_path / "cur2", scorer=scorer, cfg=cfg, plan=tmp_path / "plan.jsonl")
+    assert {s.key for s in Dataset(tmp_path / "cur")} == {s.key for s in Dataset(tmp_path / "cur2")}
+    assert again.report["reasons"] == r.report["reasons"]
+
+
+def test_audit_recovers_colour_distribution(tmp_path):
+    from factory.audit import audit
+    from factory.ingest import ingest
+    from factory.sources import PALETTE
+
+    ingest("sklearn:digits-colored?bias=0.7&seed=2", tmp_path / "c")
+    result = audit(tmp_path / "c")
+    color = result["axes"]["color"]
+    assert result["mode"] == "provenance"
+    for label in range(10):
+        own = PALETTE[label][0]
+        assert 0.6 < color["per_class"][str(label)]["distribution"][own] < 0.8
+    assert color["tv_mean_per_class"] > 0.5  # far from uniform: biased
+    r = CliRunner().invoke(cli, ["prompts", "audit", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "total-variation distance" in r.output
