@@ -251,6 +251,7 @@ class TrainingData:
     attrs: torch.Tensor  # (N, n_axes) long; the null index where a sample lacks an axis
     mode: str
     attributes: dict[str, list[str]]  # axis -> sorted values
+    max_generation: int = 0  # the highest provenance "generation" among the samples (0: all real)
 
 
 def load_training_data(dataset: Dataset, image_size: int) -> TrainingData:
@@ -263,6 +264,7 @@ def load_training_data(dataset: Dataset, image_size: int) -> TrainingData:
     ims: list[Image.Image] = []
     labels: list[int] = []
     raw_attrs: list[dict[str, str]] = []
+    max_generation = 0
     for s in dataset:
         if not 0 <= s.label < n_classes:
             raise FactoryError(f"{dataset.path}: sample {s.key!r} has label {s.label} outside 0..{n_classes - 1}")
@@ -272,6 +274,8 @@ def load_training_data(dataset: Dataset, image_size: int) -> TrainingData:
         if not isinstance(attrs, dict):
             raise FactoryError(f"{dataset.path}: sample {s.key!r} has attributes that are not a mapping")
         raw_attrs.append({str(k): str(v) for k, v in attrs.items()})
+        gen = s.provenance.get("generation", 0)
+        max_generation = max(max_generation, gen if isinstance(gen, int) else 0)
     if not ims:
         raise FactoryError(f"{dataset.path}: the dataset is empty; nothing to train on")
     mode = _image_mode({im.mode for im in ims})
@@ -282,7 +286,8 @@ def load_training_data(dataset: Dataset, image_size: int) -> TrainingData:
                           for ax in axes] for a in raw_attrs], dtype=np.int64).reshape(len(ims), len(axes))
     pixels = np.stack([to_model_pixels(im, mode, image_size) for im in ims])  # N, H, W, C
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
-    return TrainingData(images, torch.tensor(labels, dtype=torch.long), torch.from_numpy(attr_idx), mode, vocab)
+    return TrainingData(images, torch.tensor(labels, dtype=torch.long), torch.from_numpy(attr_idx), mode, vocab,
+                        max_generation)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,7 +348,7 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
     null_attrs = model.null_attrs()
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step = 0
     stopped_early = False
     for step in range(1, cfg.steps + 1):
@@ -390,6 +395,8 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
         "stopped_early": stopped_early,
         "seconds": round(seconds, 2),
         "seconds_per_step": round(seconds / max(step, 1), 4),
+        # CPU time of all threads: on a shared machine, wall time / cpu time shows the contention
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),
         "final_loss": round(final_loss, 6),
         "parameters": count_parameters(model),
         "images": n,
@@ -407,6 +414,7 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
         "train_scheduler": _jsonable(dict(scheduler.config)),
         "train": cfg.to_dict(),
         "parents": [dataset.ref()],
+        "generation": data.max_generation + 1,
         "train_seconds": summary["seconds"],
         "final_loss": summary["final_loss"],
         "summary": summary,
@@ -435,7 +443,9 @@ def save_model(model: ConditionalUNet, config: dict[str, Any], out_dir: Path) ->
     staging.mkdir()
     try:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "schema": MODEL_SCHEMA})
+        # One metadata key only: safetensors writes metadata from a hash map, so the order of several
+        # keys (and with it the file's bytes and weights_sha256) would change from run to run.
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_bytes(staging / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
         trash = None
         if out_dir.exists():
@@ -483,8 +493,12 @@ class EmbeddedGenerator:
         self.channels = int(config["channels"])
         self.image_mode = "RGB" if self.channels == 3 else "L"
         self._check_sampler(sampler)
-        self.device = torch.device("cuda" if sampler.device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if sampler.device == "auto" else sampler.device))
+        # "auto" means CPU here: the model is tiny, and CPU keeps the bytes the same on every machine
+        # (with the same torch build); ask for "cuda" explicitly to sample on a GPU.
+        try:
+            self.device = torch.device("cpu" if sampler.device == "auto" else sampler.device)
+        except RuntimeError:
+            raise FactoryError(f"sampler.device must be auto, cpu or cuda[:N]; got {sampler.device!r}") from None
         self.model.to(self.device)
         self.scheduler = _make_scheduler(sampler.scheduler, config["train_scheduler"])
         self._class_index = {i for i in range(len(self.classes))}
@@ -563,6 +577,11 @@ class EmbeddedGenerator:
         return [dict(p) for p in self.config.get("parents", [])]
 
     @property
+    def generation(self) -> int:
+        """1 for a model trained on real data; k + 1 for one trained on generation-k samples."""
+        return int(self.config.get("generation", 1))
+
+    @property
     def unet(self):
         return self.model.unet
 
@@ -602,7 +621,7 @@ class EmbeddedGenerator:
             if not isinstance(r.seed, (int, np.integer)) or isinstance(r.seed, bool) or not 0 <= r.seed < 2**64:
                 raise FactoryError(f"request {r.key!r}: seed must be an integer in [0, 2**64); got {r.seed!r}")
             labels[i] = r.label
-            given = r.attributes or {}
+            given = {k: v for k, v in (r.attributes or {}).items() if v is not None}  # None: not given
             for ax in given:
                 if ax not in self._attr_index:
                     known = ", ".join(self._axes) or "none"
@@ -632,6 +651,11 @@ class EmbeddedGenerator:
         with copies of its first request), because CPU kernels choose their blocking from the batch
         shape and small batches give last-bit differences that can flip a uint8 rounding. At a fixed
         shape the position of an image in the batch does not change its result (checked by the tests).
+        The bytes therefore depend on ``sampler.batch_size``, which :meth:`describe` records.
+
+        Guidance ``w``: ``eps = eps_u + w * (eps_c - eps_u)`` from one forward pass over the stacked
+        unconditional and conditional inputs. ``w == 1`` runs the conditional half only and ``w == 0``
+        the unconditional half only (same result up to rounding, half the work).
         """
         requests = list(requests)
         if not requests:
