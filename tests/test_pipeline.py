@@ -45,6 +45,16 @@ train_generator:
   steps: 10
   batch_size: 32
   warmup_steps: 2
+train_clip:
+  vision_width: 32
+  vision_layers: 1
+  vision_head_width: 16
+  embed_dim: 16
+  text_width: 32
+  text_layers: 1
+  text_heads: 2
+  steps: 4
+  batch_size: 32
 """
 
 
@@ -53,7 +63,9 @@ def shrink_params(repo: Path) -> None:
     import yaml
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train_generator"] = yaml.safe_load(TINY)["train_generator"]
+    tiny = yaml.safe_load(TINY)
+    params["train_generator"] = tiny["train_generator"]
+    params["train_clip"] = tiny["train_clip"]
     params["plan"]["images_per_class"] = 4
     params["generate"].update(steps=3, batch_size=8, shard_size=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -85,11 +97,24 @@ def test_repro_generates_the_synthetic_dataset(repo):
     assert s.provenance["parents"][0]["index_sha256"] == Dataset(repo / "data/real/train").index_sha256
 
 
+def test_repro_curates(repo):
+    import json
+
+    report = json.loads((repo / "reports/curate.json").read_text())
+    curated, rejected = Dataset(repo / "data/synthetic/curated"), Dataset(repo / "data/synthetic/rejected")
+    assert report["samples"] == 40 and report["kept"] == len(curated) and report["rejected"] == len(rejected)
+    assert len(curated) + len(rejected) == 40
+    for s in curated:
+        assert s.provenance["decision"]["kept"] is True and "clip" in s.provenance["scores"]
+    p = dvc(repo, "metrics", "show")
+    assert p.returncode == 0 and "reports/curate.json" in p.stdout
+
+
 def test_exp_run_guidance_reruns_only_generate(repo):
     p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
     assert p.returncode == 0, p.stdout + p.stderr
     ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"generate"}, p.stdout
+    assert ran == {"generate", "curate"}, p.stdout  # and what depends on it: nothing upstream
     s = next(iter(Dataset(repo / "data/synthetic/raw")))
     assert s.provenance["generator"]["guidance_scale"] == 1.0
 
