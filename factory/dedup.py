@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -353,13 +353,13 @@ def hamming_pairs(a: np.ndarray, b: np.ndarray | None = None, max_distance: int 
 
     def probe(k: int, query: _Side, table: _Side, keys: np.ndarray, where: np.ndarray | None, p: int) -> None:
         """Candidates: query positions (``where``, default all) against the table bucket ``key ^ p``."""
-        probe = keys ^ np.uint32(p)
-        counts = table.count[probe]
+        target = keys ^ np.uint32(p)
+        counts = table.count[target]
         nz = np.flatnonzero(counts)
         if len(nz) == 0:
             return
         qpos = nz if where is None else where[nz]
-        for tq, tp in _expand(qpos, table.start[probe[nz]], counts[nz], max_chunk):
+        for tq, tp in _expand(qpos, table.start[target[nz]], counts[nz], max_chunk):
             verify(k, query, table, tq, tp)
 
     for k, blk in enumerate(plan):
@@ -573,7 +573,6 @@ class DedupReport:
     summary: dict[str, Any]
     semantic: bool = False
     reused_hashes: int = 0
-    cross_samples: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
