@@ -110,7 +110,11 @@ def _template_fields(t: str) -> set[str]:
 
 @dataclass(frozen=True)
 class ClipTrainConfig:
-    """How to build and train the embedded scorer. Defaults: the recipe in EMBEDDED-MODELS.md.
+    """How to build and train the embedded scorer.
+
+    Defaults: the recipe in EMBEDDED-MODELS.md (mlp_ratio 2 gives its 0.7M parameters) plus three things
+    measured on the digits (bench/clip.py, 3 seeds): 30 warm-up steps, cosine decay and a random shift of
+    up to 1 pixel took zero-shot top-1 on the real test split from 96.9-97.8% to 98.1-99.4%.
 
     ``class_words`` says which word stands for each class in the captions: ``"auto"`` (number words
     "zero".."twenty" when every class name is such a number, else the class names), ``"names"``,
@@ -132,10 +136,12 @@ class ClipTrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at the last step
+    # Warm-up matters: at a constant 1e-3 from step 1 the loss can sit at ln(batch_size) (every
+    # embedding the same) for a long while, or for good (seen with shift=1 and no warm-up).
+    warmup_steps: int = 30
+    lr_schedule: str = "cosine"  # after warm-up: constant, or cosine decay to 0 at the last step
     max_logit_scale: float = 100.0
-    shift: int = 0  # augmentation: random translation by up to this many pixels (at image_size), 0: off
+    shift: int = 1  # augmentation: random translation by up to this many pixels (at image_size), 0: off
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     attribute_templates: tuple[str, ...] = DEFAULT_ATTRIBUTE_TEMPLATES
     attribute_caption_prob: float = 0.5
@@ -145,6 +151,10 @@ class ClipTrainConfig:
     interpolation: str = "bilinear"
     seed: int = 0
     max_seconds: float | None = None  # stop early after this much training time (None: no cap)
+    # torch intra-op threads while training (None: torch's default, one per core). On a machine shared with
+    # other jobs, 1 thread was 3x faster per step than 2 on 2 cores (OpenMP threads wait for a busy core).
+    # The weights' last bits may depend on it: determinism holds for the same value.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, msg: str) -> None:
@@ -232,6 +242,8 @@ class ClipTrainConfig:
             fail("seed", "must be an integer in [0, 2**63)")
         if self.max_seconds is not None and (not is_num(self.max_seconds) or not self.max_seconds > 0):
             fail("max_seconds", "must be a number > 0 or null")
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
+            fail("threads", "must be an integer >= 1 or null")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClipTrainConfig":
@@ -690,7 +702,8 @@ class OpenClipScorer(Scorer):
         try:
             tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:  # HF raises OSError, ValueError, its own errors...
-            raise FactoryError(f"model {name!r}: its tokenizer {hf_name or ''!s} could not be loaded offline "
+            which = f"its tokenizer {hf_name}" if hf_name else "its tokenizer"
+            raise FactoryError(f"model {name!r}: {which} could not be loaded offline "
                                f"({_first_line(exc)}); put it in the Hugging Face cache (HF_HOME) first") from None
         preprocess_cfg, source = _production_preprocess(name, ckpt, tag)
         try:
@@ -997,7 +1010,10 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
+    caller_threads = torch.get_num_threads()
     try:
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         name = arch_name(arch)
         arch_file = staging / f"{name}.json"
         atomic_write_bytes(arch_file, json.dumps(arch, indent=2, sort_keys=True).encode() + b"\n")
@@ -1111,6 +1127,8 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(caller_threads)
     log.info("saved the embedded scorer to %s: %d steps in %.0f s, final loss %.4f", out_dir, step, seconds,
              summary["final_loss"])
     return summary

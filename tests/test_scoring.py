@@ -82,7 +82,7 @@ def images_of(path: Path, n: int) -> tuple[list[Image.Image], list[int]]:
     ("warmup_steps", -1), ("max_logit_scale", 1.0), ("attribute_caption_prob", 1.5), ("templates", ()),
     ("templates", "a {word}"), ("class_words", "words"), ("class_words", {"3": ""}), ("mean", (0.5, 0.5)),
     ("std", (0.5, 0.0, 0.5)), ("interpolation", "lanczos"), ("seed", -1), ("max_seconds", 0), ("steps", True),
-    ("shift", 8), ("shift", -1), ("lr_schedule", "linear"),
+    ("shift", 8), ("shift", -1), ("lr_schedule", "linear"), ("threads", 0),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(FactoryError, match=rf"^train_clip\.{field} "):
@@ -113,7 +113,7 @@ def test_learning_rate_schedule():
     cfg = ClipTrainConfig(steps=100, warmup_steps=10, lr=1e-3, lr_schedule="cosine")
     assert learning_rate(cfg, 5) == pytest.approx(5e-4) and learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 55) == pytest.approx(5e-4) and learning_rate(cfg, 100) == pytest.approx(0.0)
-    assert learning_rate(ClipTrainConfig(steps=100), 100) == 1e-3
+    assert learning_rate(ClipTrainConfig(steps=100, warmup_steps=0, lr_schedule="constant"), 1) == 1e-3
 
 
 def test_shift_augmentation_crops_from_the_padded_images():
@@ -280,6 +280,9 @@ def test_train_progress_and_overwrite_rules(tmp_path, small):
     summary = train_clip(small, cfg, out, progress=lambda s, t, loss: calls.append((s, t, loss)))
     assert [c[:2] for c in calls] == [(1, 2), (2, 2)] and all(np.isfinite(c[2]) for c in calls)
     assert summary["steps"] == 2 and summary["parameters"] > 0 and summary["logit_scale"] <= 100.0 + 1e-3
+    threads = torch.get_num_threads()
+    assert train_clip(small, ClipTrainConfig(**{**cfg.to_dict(), "threads": 1}), out)["torch_threads"] == 1
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
     train_clip(small, cfg, out)  # a scorer folder may be replaced
     other = tmp_path / "other"
     other.mkdir()
