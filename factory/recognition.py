@@ -104,7 +104,7 @@ def accuracy(model: ReferenceCNN, dataset: Dataset | str | Path) -> float:
     return float((predict(model, x) == y).float().mean())
 
 
-def train_reference_classifier(dataset: Dataset | str | Path, image_size: int = 16, *, epochs: int = 30,
+def train_reference_classifier(dataset: Dataset | str | Path, image_size: int = 16, *, epochs: int = 20,
                                batch_size: int = 64, lr: float = 2e-3, max_shift: int = 2, seed: int = 0,
                                test: Dataset | str | Path | None = None) -> tuple[ReferenceCNN, dict[str, Any]]:
     """Train the reference CNN on ``dataset`` (real images) with random shifts of up to ``max_shift``

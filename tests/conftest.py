@@ -9,6 +9,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", os.path.join(tempfile.gettempdir(), "factory-test-hf-home"))
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# torch's OpenMP threads busy-wait by default; on a loaded 2-core machine that wastes most of the CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 

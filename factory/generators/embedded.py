@@ -509,7 +509,7 @@ class EmbeddedGenerator:
             raise FactoryError(f"sampler.device must be auto, cpu or cuda[:N]; got {sampler.device!r}") from None
         self.model.to(self.device)
         self.scheduler = _make_scheduler(sampler.scheduler, config["train_scheduler"])
-        self._class_index = {i for i in range(len(self.classes))}
+        self._class_index = set(range(len(self.classes)))
         self._attr_index = {ax: {v: i for i, v in enumerate(vals)} for ax, vals in self.attributes.items()}
         self._axes = list(self.attributes)
         with torch.inference_mode():
@@ -623,7 +623,8 @@ class EmbeddedGenerator:
         labels = np.empty(len(requests), dtype=np.int64)
         attrs = np.empty((len(requests), len(self._axes)), dtype=np.int64)
         for i, r in enumerate(requests):
-            if not isinstance(r.label, (int, np.integer)) or isinstance(r.label, bool) or r.label not in self._class_index:
+            int_label = isinstance(r.label, (int, np.integer)) and not isinstance(r.label, bool)
+            if not int_label or r.label not in self._class_index:
                 raise FactoryError(f"request {r.key!r}: unknown class label {r.label!r}; the model knows "
                                    f"0..{len(self.classes) - 1} ({', '.join(self.classes)})")
             if not isinstance(r.seed, (int, np.integer)) or isinstance(r.seed, bool) or not 0 <= r.seed < 2**64:
