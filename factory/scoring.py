@@ -30,6 +30,7 @@ Files of an embedded scorer folder (written by :func:`train_clip`):
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import json
@@ -461,7 +462,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-class Scorer:
+class Scorer(abc.ABC):
     """An open_clip model with its own preprocessing and tokenizer. Subclasses say where they come from.
 
     Every embedding is L2-normalised float32; every score is a cosine similarity. Images are any PIL
@@ -494,8 +495,9 @@ class Scorer:
         return {"backend": self.backend, "model": "", "weights_sha256": self.weights_sha256,
                 "preprocess": self.preprocess_cfg, "embed_dim": self.embed_dim}
 
+    @abc.abstractmethod
     def class_prompts(self, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
-        raise NotImplementedError
+        """One prompt per class, in the scorer's own words (with ``attributes`` when given)."""
 
     # -- embeddings ------------------------------------------------------------------------------
 
