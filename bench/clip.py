@@ -7,8 +7,9 @@ Make the split first:
     python -c "from factory.ingest import ingest, split; ingest('sklearn:digits','/tmp/clip/full',overwrite=True); \
 split('/tmp/clip/full','/tmp/clip/train','/tmp/clip/test',test_fraction=0.2,seed=0,overwrite=True)"
 
-Prints one JSON object (also written to ``<out>/bench.json`` is NOT done: the model folder stays as
-train_clip wrote it). Records the load average before and after, since the machine may be shared.
+Prints one JSON object to stdout (the model folder stays exactly as train_clip wrote it). Records the
+load average before and after training, since the machine may be shared with other jobs; on a shared
+machine set OMP_WAIT_POLICY=PASSIVE or pass --threads 1 (see ClipTrainConfig.threads).
 """
 
 from __future__ import annotations
