@@ -155,8 +155,9 @@ class ClipTrainConfig:
     interpolation: str = "bilinear"
     seed: int = 0
     max_seconds: float | None = None  # stop early after this much training time (None: no cap)
-    # torch intra-op threads while training (None: torch's default, one per core). On a machine shared with
-    # other jobs, 1 thread was 3x faster per step than 2 on 2 cores (OpenMP threads wait for a busy core).
+    # torch intra-op threads while training (None: torch's default, one per core). On 2 cores with one of
+    # them busy with another job, a step took 3.8 s with 2 threads, 0.6 s with 1 thread and 0.55 s with 2
+    # threads and OMP_WAIT_POLICY=PASSIVE (OpenMP's default spin-waiting fights the other job for the core).
     # The weights' last bits may depend on it: determinism holds for the same value.
     threads: int | None = None
 
