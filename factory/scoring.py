@@ -50,7 +50,7 @@ from PIL import Image
 
 from factory import __version__
 from factory.errors import FactoryError
-from factory.shards import Dataset, atomic_write_bytes, file_sha256
+from factory.shards import Dataset, atomic_write_bytes, file_sha256, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,7 @@ class ClipTrainConfig:
             if not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in cw.items()):
                 fail("class_words", "must map class names to non-empty words (strings)")
             object.__setattr__(self, "class_words", tuple(sorted(cw.items())))
-        elif isinstance(cw, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in cw):
-            pass  # already normalised (a copy of a config)
-        else:
+        elif not (isinstance(cw, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in cw)):  # normalised
             fail("class_words", f"must be one of {', '.join(CLASS_WORD_MODES)} or a mapping class -> word")
         for name in ("mean", "std"):
             v = getattr(self, name)
@@ -1123,13 +1121,7 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
         _save_weights(model, staging / WEIGHTS_NAME)
         atomic_write_bytes(staging / VOCAB_NAME, json.dumps(tokenizer.to_json(), indent=1).encode() + b"\n")
         atomic_write_bytes(staging / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-        trash = None
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, trash)
-        os.replace(staging, out_dir)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

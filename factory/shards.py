@@ -150,6 +150,12 @@ def publish(staging: Path, out_dir: Path, index: Mapping[str, Any]) -> None:
     write_index(staging, index)
     for tmp in staging.glob(".*.tmp-*"):  # leftovers of killed shard writers
         tmp.unlink()
+    replace_dir(staging, out_dir)
+
+
+def replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move the complete folder ``staging`` to ``out_dir``, replacing what was there: until the final
+    rename, ``out_dir`` keeps its previous content (datasets and model folders alike)."""
     trash = None
     if out_dir.exists():
         trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"

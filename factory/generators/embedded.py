@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -45,7 +44,7 @@ from torch import nn
 from factory import __version__
 from factory.errors import FactoryError
 from factory.generators.base import GenRequest, SamplerConfig
-from factory.shards import Dataset, atomic_write_bytes
+from factory.shards import Dataset, atomic_write_bytes, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -447,13 +446,7 @@ def save_model(model: ConditionalUNet, config: dict[str, Any], out_dir: Path) ->
         # keys (and with it the file's bytes and weights_sha256) would change from run to run.
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_bytes(staging / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
-        trash = None
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, trash)
-        os.replace(staging, out_dir)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
