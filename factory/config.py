@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from factory.errors import FactoryError
 
@@ -90,6 +90,50 @@ class CurateParams(Section):
     rebalance: bool = True
 
 
+class SweepParams(Section):
+    guidance_scales: list[float] = Field(default_factory=list)  # extra generate runs of the same plan
+
+    @field_validator("guidance_scales")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(g < 0 for g in v):
+            raise ValueError("guidance scales must be >= 0")
+        return v
+
+
+class ContrastiveParams(Section):
+    pools: list[str] = Field(default_factory=list)
+    methods: list[Literal["simclr", "stablerep", "stablerep_plus"]] = Field(
+        default_factory=lambda: ["simclr", "stablerep", "stablerep_plus"])
+    train: dict[str, Any] = Field(default_factory=dict)  # validated by ContrastiveConfig
+
+
+class EvaluateParams(Section):
+    reference: str = "data/real/test"  # the real dataset every synthetic one is compared with
+    train: str = "data/real/train"     # what the recognition classifier is trained on
+    encoder: Literal["clip", "inception"] = "clip"
+    encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
+    k: int = Field(5, ge=1)
+    datasets: dict[str, str] = Field(default_factory=dict)  # name -> synthetic dataset folder
+    cas: list[str] = Field(default_factory=list)       # datasets to train the classifier on alone (CAS)
+    guidance: list[str] = Field(default_factory=list)  # datasets that make the guidance trade-off plot
+
+
+class BiasParams(Section):
+    source: str = "sklearn:digits-colored?bias=0.95&seed=0"   # the biased real data
+    test_source: str = "sklearn:digits-colored?bias=0.1&seed=1"  # same digits, colour independent of class
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    shard_size: int = Field(1000, ge=1)
+    plan: PlanParams = PlanParams(dataset="data/bias/real/train")
+    train_generator: dict[str, Any] = Field(default_factory=dict)
+    generate: GenerateParams = GenerateParams(model="models/bias/generator")
+    pools: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReportParams(Section):
+    fraction_pools: list[str] = Field(default_factory=list)  # pools of one size: accuracy vs synthetic share
+
+
 class Params(Section):
     base: BaseParams = BaseParams()
     ingest: IngestParams = IngestParams()
@@ -99,6 +143,51 @@ class Params(Section):
     generate: GenerateParams = GenerateParams()
     train_clip: dict[str, Any] = Field(default_factory=dict)  # validated by train_clip_config
     curate: CurateParams = CurateParams()
+    sweep: SweepParams = SweepParams()
+    pools: dict[str, Any] = Field(default_factory=dict)  # validated by pools_config
+    classifier: dict[str, Any] = Field(default_factory=dict)  # validated by classifier_config
+    contrastive: ContrastiveParams = ContrastiveParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    bias: BiasParams = BiasParams()
+    report: ReportParams = ReportParams()
+
+    def study(self, name: str | None) -> "Params":
+        """These params with a study's sections (e.g. ``bias``) in place of plan/train_generator/generate.
+
+        A study is a second, smaller pipeline (the bias benchmark) that reuses the main stages'
+        scripts: ``python stages/plan.py --study bias`` reads ``bias.plan`` where the main run reads ``plan``.
+        """
+        if name is None:
+            return self
+        if name != "bias":
+            raise FactoryError(f"unknown study {name!r}; known: bias")
+        b = self.bias
+        return self.model_copy(update={"plan": b.plan, "train_generator": b.train_generator,
+                                       "generate": b.generate, "pools": b.pools})
+
+
+def study_path(path: str, study: str | None) -> str:
+    """``data/x`` -> ``data/<study>/x`` (and ``models/``, ``metrics/``, ``reports/`` alike)."""
+    if study is None:
+        return path
+    top, _, rest = path.partition("/")
+    return f"{top}/{study}/{rest}"
+
+
+def pools_config(params: Params):
+    """``pools`` + ``base.seed`` -> :class:`factory.pools.PoolsConfig`."""
+    from factory.pools import PoolsConfig
+
+    return PoolsConfig.from_params(params.pools, params.base.seed)
+
+
+def classifier_config(params: Params):
+    """``classifier`` (seed defaults to ``base.seed``) -> ClassifierConfig."""
+    from factory.classifier import ClassifierConfig
+
+    section = dict(params.classifier)
+    section.setdefault("seed", params.base.seed)
+    return ClassifierConfig.from_dict(section)
 
 
 def plan_config(params: Params):
@@ -190,3 +279,16 @@ def curate_config(params: Params):
                         dedup=DedupConfig(c.hash, c.hash_size, c.max_distance, c.semantic_threshold),
                         semantic_dedup=c.semantic_dedup, drop_memorized=c.drop_memorized, rebalance=c.rebalance,
                         seed=params.base.seed)
+
+
+def evaluation_config(params: Params):
+    """``evaluate`` + ``classifier`` + ``base.seed`` -> :class:`factory.evaluation.EvaluationConfig`."""
+    from factory.evaluation import EvaluationConfig
+
+    e = params.evaluate
+    unknown = [n for n in e.guidance if n not in e.datasets]
+    if unknown:
+        raise FactoryError(f"params.yaml: evaluate.guidance: {unknown} are not in evaluate.datasets")
+    return EvaluationConfig(reference=e.reference, train=e.train, encoder=e.encoder, encoder_path=e.encoder_path,
+                            k=e.k, datasets=dict(e.datasets), cas=tuple(e.cas),
+                            classifier=classifier_config(params), seed=params.base.seed)

@@ -1,6 +1,8 @@
 """Stage ``plan``: ``params.yaml`` plan + the real train classes -> ``data/prompts/plan.jsonl``."""
 
-from factory.config import load_params, plan_config
+import argparse
+
+from factory.config import load_params, plan_config, study_path
 from factory.prompts import build_plan, count_table, write_plan
 from factory.shards import Dataset
 from factory.stage import run_stage
@@ -9,9 +11,12 @@ OUT = "data/prompts/plan.jsonl"
 
 
 def main() -> None:
-    params = load_params()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--study", default=None, help="e.g. bias: read bias.plan, write data/bias/prompts/plan.jsonl")
+    args = ap.parse_args()
+    params = load_params().study(args.study)
     plan = build_plan(plan_config(params), Dataset(params.plan.dataset).classes)
-    write_plan(plan, OUT)
+    write_plan(plan, study_path(OUT, args.study))
     print(count_table(plan))
 
 

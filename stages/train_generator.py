@@ -1,11 +1,12 @@
 """Stage ``train_generator``: ``data/real/train`` -> ``models/generator`` (the embedded diffusion model)."""
 
+import argparse
 import json
 from pathlib import Path
 
 from tqdm import tqdm
 
-from factory.config import load_params, train_generator_config
+from factory.config import load_params, study_path, train_generator_config
 from factory.generators.embedded import train_generator
 from factory.stage import run_stage
 
@@ -13,16 +14,20 @@ OUT, METRICS = "models/generator", Path("metrics/train_generator.json")
 
 
 def main() -> None:
-    params = load_params()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--study", default=None, help="e.g. bias: read bias.train_generator, write models/bias/generator")
+    args = ap.parse_args()
+    params = load_params().study(args.study)
     cfg = train_generator_config(params)
+    out, metrics = study_path(OUT, args.study), Path(study_path(str(METRICS), args.study))
     with tqdm(total=cfg.steps, desc="train_generator", unit="step", mininterval=5) as bar:
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-        summary = train_generator(params.plan.dataset, cfg, OUT, progress=progress)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        summary = train_generator(params.plan.dataset, cfg, out, progress=progress)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     print(f"train_generator: {summary}")
 
 

@@ -1,0 +1,31 @@
+"""Stage ``pools``: ``params.yaml`` pools -> ``data/pools/<name>.json`` (mixes by reference, no copies)."""
+
+import argparse
+import shutil
+from pathlib import Path
+
+from factory.config import load_params, pools_config, study_path
+from factory.pools import build_pool, write_pool
+from factory.shards import replace_dir, staging_dir
+from factory.stage import run_stage
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--study", default=None, help="e.g. bias: read bias.pools, write data/bias/pools")
+    args = ap.parse_args()
+    params = load_params().study(args.study)
+    out = Path(study_path("data/pools", args.study))
+    stage = staging_dir(out)
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for spec in pools_config(params).specs:
+        pool = build_pool(spec)
+        write_pool(pool, stage / f"{spec.name}.json")
+        print(f"pool {spec.name}: {pool['samples']} samples ({pool['sources']}, "
+              f"synthetic fraction {pool['synthetic_fraction']:.2f})")
+    replace_dir(stage, out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

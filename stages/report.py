@@ -1,0 +1,25 @@
+"""Stage ``report``: all metrics -> ``reports/results.md``, ``reports/index.html`` and
+``plots/synthetic_fraction.json`` (accuracy against the share of synthetic images)."""
+
+import json
+from pathlib import Path
+
+from factory.config import load_params
+from factory.report import fraction_rows, load_metrics, render, to_html
+from factory.shards import atomic_write_bytes
+from factory.stage import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    metrics = load_metrics(".", list(params.pools), params.contrastive.pools)
+    md = render(metrics)
+    atomic_write_bytes(Path("reports/results.md"), md.encode())
+    atomic_write_bytes(Path("reports/index.html"), to_html(md).encode())
+    rows = fraction_rows(metrics["classifier"], params.report.fraction_pools)
+    atomic_write_bytes(Path("plots/synthetic_fraction.json"), (json.dumps(rows, indent=2) + "\n").encode())
+    print(md)
+
+
+if __name__ == "__main__":
+    run_stage(main)
