@@ -73,7 +73,7 @@ def main() -> None:
         plan = build_plan(PlanConfig(images_per_class=per_class, images_per_prompt=4), gen.classes)
         write_plan(plan, tmp / "plan.jsonl")
         n = len(plan.rows)
-        cfg = GenerateConfig(GeneratorSpec("embedded", str(model), sampler), shard_size=500)
+        cfg = GenerateConfig(GeneratorSpec("embedded", str(model), sampler))
         stage, bare = [], []
         for r in range(args.repeats):
             out = tmp / f"raw{r}"

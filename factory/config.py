@@ -68,7 +68,7 @@ class GenerateParams(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
-    shard_size: int = Field(500, ge=1)
+    shard_size: int = Field(512, ge=1)
     executor: Literal["local", "ray"] = "local"
     ray: RayParams = RayParams()
     parents: list[dict[str, Any]] | None = None  # diffusers: what the pipeline was trained on, if known

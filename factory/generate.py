@@ -61,7 +61,7 @@ class RayConfig:
 @dataclass(frozen=True)
 class GenerateConfig:
     generator: GeneratorSpec
-    shard_size: int = 500
+    shard_size: int = 512
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = RayConfig()
     name: str = "synthetic"
@@ -72,6 +72,11 @@ class GenerateConfig:
             raise FactoryError(f"generate.shard_size must be >= 1; got {self.shard_size}")
         if self.executor not in EXECUTORS:
             raise FactoryError(f"generate.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
+        batch = self.generator.sampler.batch_size
+        if self.shard_size % batch and self.shard_size > batch:
+            log.warning("generate.shard_size %d is not a multiple of batch_size %d: the last micro-batch of "
+                        "every shard is padded to a full batch (%.0f%% of the sampling work wasted)",
+                        self.shard_size, batch, 100 * (batch - self.shard_size % batch) / self.shard_size)
 
 
 def load_generator(spec: GeneratorSpec) -> Generator:

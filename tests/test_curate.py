@@ -164,3 +164,30 @@ def test_audit_recovers_colour_distribution(tmp_path):
     assert color["tv_mean_per_class"] > 0.5  # far from uniform: biased
     r = CliRunner().invoke(cli, ["prompts", "audit", str(tmp_path / "c")])
     assert r.exit_code == 0 and "total-variation distance" in r.output
+
+
+def test_audit_clip_zero_shot_recovers_colour_distribution(tmp_path):
+    """CLIP path: an embedded CLIP trained on coloured digits (captions name the colour) measures the
+    colour of every image; its per-class distribution matches the ground truth in provenance."""
+    from factory.audit import audit
+    from factory.ingest import ingest, split
+    from factory.scoring import ClipTrainConfig, load_scorer, train_clip
+    from factory.sources import PALETTE
+
+    ingest("sklearn:digits-colored?bias=0.5&seed=3", tmp_path / "c")
+    split(tmp_path / "c", tmp_path / "train", tmp_path / "test", test_fraction=0.3, seed=0)
+    cfg = ClipTrainConfig(vision_width=64, vision_layers=2, vision_head_width=32, embed_dim=32, text_width=64,
+                          text_layers=1, text_heads=2, steps=150, batch_size=128)
+    train_clip(tmp_path / "train", cfg, tmp_path / "clip")
+    scorer = load_scorer("embedded", tmp_path / "clip")
+    measured = audit(tmp_path / "test", scorer=scorer, mode="clip")["axes"]["color"]
+    truth = audit(tmp_path / "test", mode="provenance")["axes"]["color"]
+    assert measured["values"] == [name for name, _ in PALETTE] or set(measured["values"]) == {n for n, _ in PALETTE}
+    # overall colour distribution within a small total-variation distance of the truth
+    tv = 0.5 * sum(abs(measured["overall"][v] - truth["overall"][v]) for v in truth["values"])
+    assert tv < 0.1, (tv, measured["overall"], truth["overall"])
+    for label in range(10):  # the bias (half of each class in its own colour) is recovered per class
+        own = PALETTE[label][0]
+        got = measured["per_class"][str(label)]["distribution"][own]
+        want = truth["per_class"][str(label)]["distribution"][own]
+        assert abs(got - want) < 0.2, (label, got, want)

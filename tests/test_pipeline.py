@@ -68,6 +68,23 @@ def shrink_params(repo: Path) -> None:
     params["train_clip"] = tiny["train_clip"]
     params["plan"]["images_per_class"] = 4
     params["generate"].update(steps=3, batch_size=8, shard_size=16)
+    params["sweep"]["guidance_scales"] = [1]
+    params["pools"] = {
+        "real": [{"dataset": "data/real/train", "per_class": 3}],
+        "synthetic": [{"dataset": "data/synthetic/curated"}],
+        "mix": [{"dataset": "data/real/train", "count": 20}, {"dataset": "data/synthetic/curated", "count": 20}],
+    }
+    params["classifier"].update(steps=4, batch_size=16, shuffle_buffer=16)
+    params["contrastive"]["pools"] = ["real", "synthetic"]
+    params["contrastive"]["train"] = {"steps": 3, "batch_size": 16, "images_per_group": 2, "width": 8,
+                                      "embed_dim": 16}
+    params["evaluate"].update(k=2, datasets={"w1": "data/synthetic/guidance/w1", "raw": "data/synthetic/raw",
+                                             "curated": "data/synthetic/curated"},
+                              cas=["w1", "raw"], guidance=["w1", "raw"])
+    params["bias"]["plan"].update(images_per_class=10, images_per_prompt=2)
+    params["bias"]["train_generator"] = tiny["train_generator"]
+    params["bias"]["generate"].update(steps=3, batch_size=8, shard_size=50)
+    params["report"]["fraction_pools"] = ["real", "mix", "synthetic"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -114,9 +131,43 @@ def test_exp_run_guidance_reruns_only_generate(repo):
     p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
     assert p.returncode == 0, p.stdout + p.stderr
     ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"generate", "curate"}, p.stdout  # and what depends on it: nothing upstream
+    assert {"generate", "curate"} <= ran, p.stdout
+    upstream = {"ingest", "split", "plan", "train_generator", "train_clip", "sweep@1"}
+    assert not ran & upstream, p.stdout  # nothing upstream, and not the sweep (it sets its own guidance)
+    assert not {r for r in ran if r.startswith("bias")}, p.stdout
     s = next(iter(Dataset(repo / "data/synthetic/raw")))
     assert s.provenance["generator"]["guidance_scale"] == 1.0
+
+
+def test_repro_proves_the_pools(repo):
+    import json
+
+    for pool in ("real", "synthetic", "mix"):
+        m = json.loads((repo / f"metrics/classifier/{pool}.json").read_text())
+        assert 0 <= m["top1"] <= 1 and m["pool"] == pool and m["n_test"] == 359
+        assert (repo / f"dvclive/classifier/{pool}/plots/metrics/test/top1.tsv").is_file()
+    mix = json.loads((repo / "data/pools/mix.json").read_text())
+    assert mix["samples"] == 40 and mix["synthetic_fraction"] == 0.5
+    con = json.loads((repo / "metrics/contrastive/synthetic.json").read_text())
+    assert set(con["methods"]) == {"simclr", "stablerep", "stablerep_plus"}
+    assert all("top1" in v for v in con["methods"].values())
+    real = json.loads((repo / "metrics/contrastive/real.json").read_text())
+    assert "skipped" in real["methods"]["stablerep"]  # real images have no prompt groups
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(ev["datasets"]) == {"w1", "raw", "curated"} and "cas" in ev["datasets"]["w1"]
+    rows = json.loads((repo / "plots/guidance.json").read_text())
+    assert [r["guidance_scale"] for r in rows] == [1.0, 2.0]
+    bias = json.loads((repo / "metrics/bias.json").read_text())
+    assert set(bias["pools"]) == {"biased_real", "biased_real_balanced_synthetic"}
+    assert bias["train_correlation"] > 0.9
+    assert "## Bias benchmark" in (repo / "reports/results.md").read_text()
+    p = dvc(repo, "metrics", "show")
+    assert p.returncode == 0, p.stderr
+    for name in ("metrics/classifier/mix.json", "metrics/contrastive/synthetic.json", "metrics/bias.json",
+                 "metrics/evaluate.json"):
+        assert name in p.stdout, p.stdout
+    p = dvc(repo, "plots", "show", "--json")
+    assert p.returncode == 0 and "plots/guidance.json" in p.stdout, p.stderr
 
 
 def test_param_change_reruns_only_the_split(repo):

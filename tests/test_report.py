@@ -1,0 +1,38 @@
+"""The results page and plot data are built from the metrics files, never invented."""
+
+import json
+
+from factory.report import fraction_rows, load_metrics, render, to_html
+
+
+def write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def classifier(pool, top1, frac, n):
+    return {"pool": pool, "top1": top1, "synthetic_fraction": frac, "n_train": n, "seconds": 3.0, "per_class": {}}
+
+
+def test_report_tables_and_fraction_plot(tmp_path):
+    write(tmp_path / "metrics/classifier/real.json", classifier("real", 0.98, 0.0, 800))
+    write(tmp_path / "metrics/classifier/half.json", classifier("half", 0.97, 0.5, 800))
+    write(tmp_path / "metrics/contrastive/synthetic.json",
+          {"pool": "synthetic", "n_train": 1000, "methods": {"simclr": {"top1": 0.9},
+                                                             "stablerep": {"top1": 0.95},
+                                                             "stablerep_plus": {"skipped": "why"}}})
+    write(tmp_path / "metrics/bias.json", {"train_correlation": 0.95, "test_correlation": 0.1, "pools": {
+        "biased": {"n_train": 1400, "synthetic_fraction": 0.0, "top1": 0.8, "consistent_top1": 0.99,
+                   "flipped_top1": 0.78, "gap": 0.21}}})
+    m = load_metrics(tmp_path, ["real", "half", "absent"], ["synthetic"])
+    assert m["classifier"]["absent"] is None and m["evaluate"] is None
+    md = render(m)
+    assert "| real | 800 | 0.0% | 98.0% |" in md
+    assert "| absent | missing |" in md  # a missing metrics file is reported, not filled in
+    assert "| synthetic (1000 images) | 90.0% | 95.0% | skipped |" in md
+    assert "| biased | 1400 | 0.0% | 80.0% | 99.0% | 78.0% | +21.0 pt |" in md
+    assert "Synthetic datasets" not in md  # no evaluate metrics, no table
+    rows = fraction_rows(m["classifier"], ["half", "real", "absent"])
+    assert [r["pool"] for r in rows] == ["real", "half"] and rows[1]["synthetic_fraction"] == 0.5
+    page = to_html(md)
+    assert page.count("<table>") == 3 and "<td>98.0%</td>" in page
