@@ -127,18 +127,6 @@ def test_repro_curates(repo):
     assert p.returncode == 0 and "reports/curate.json" in p.stdout
 
 
-def test_exp_run_guidance_reruns_only_generate(repo):
-    p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
-    assert p.returncode == 0, p.stdout + p.stderr
-    ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"generate", "curate"} <= ran, p.stdout
-    upstream = {"ingest", "split", "plan", "train_generator", "train_clip", "sweep@1"}
-    assert not ran & upstream, p.stdout  # nothing upstream, and not the sweep (it sets its own guidance)
-    assert not {r for r in ran if r.startswith("bias")}, p.stdout
-    s = next(iter(Dataset(repo / "data/synthetic/raw")))
-    assert s.provenance["generator"]["guidance_scale"] == 1.0
-
-
 def test_repro_proves_the_pools(repo):
     import json
 
@@ -168,6 +156,18 @@ def test_repro_proves_the_pools(repo):
         assert name in p.stdout, p.stdout
     p = dvc(repo, "plots", "show", "--json")
     assert p.returncode == 0 and "plots/guidance.json" in p.stdout, p.stderr
+
+
+def test_exp_run_guidance_reruns_only_generate(repo):
+    p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
+    assert {"generate", "curate"} <= ran, p.stdout
+    upstream = {"ingest", "split", "plan", "train_generator", "train_clip", "sweep@1"}
+    assert not ran & upstream, p.stdout  # nothing upstream, and not the sweep (it sets its own guidance)
+    assert not {r for r in ran if r.startswith("bias")}, p.stdout
+    s = next(iter(Dataset(repo / "data/synthetic/raw")))
+    assert s.provenance["generator"]["guidance_scale"] == 1.0
 
 
 def test_param_change_reruns_only_the_split(repo):
