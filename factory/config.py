@@ -91,7 +91,11 @@ class CurateParams(Section):
 
 
 class SweepParams(Section):
-    guidance_scales: list[float] = Field(default_factory=list)  # extra generate runs of the same plan
+    guidance_scales: list[int | float] = Field(default_factory=list)  # extra generate runs of the same plan
+
+    def datasets(self) -> dict[str, str]:
+        """name -> folder of each sweep output, named as dvc.yaml's ``w${item}`` renders them."""
+        return {f"w{g}": f"data/synthetic/guidance/w{g}" for g in self.guidance_scales}
 
     @field_validator("guidance_scales")
     @classmethod
@@ -282,13 +286,22 @@ def curate_config(params: Params):
 
 
 def evaluation_config(params: Params):
-    """``evaluate`` + ``classifier`` + ``base.seed`` -> :class:`factory.evaluation.EvaluationConfig`."""
+    """``evaluate`` + ``sweep`` + ``classifier`` + ``base.seed`` -> :class:`factory.evaluation.EvaluationConfig`.
+
+    The guidance sweep's outputs join ``evaluate.datasets`` (and its CAS and guidance lists) by themselves,
+    so ``dvc exp run -S 'sweep.guidance_scales=[1,3,4,6]'`` adds points to the trade-off with no other edit.
+    """
     from factory.evaluation import EvaluationConfig
 
     e = params.evaluate
-    unknown = [n for n in e.guidance if n not in e.datasets]
-    if unknown:
-        raise FactoryError(f"params.yaml: evaluate.guidance: {unknown} are not in evaluate.datasets")
+    sweep = params.sweep.datasets()
+    datasets = {**sweep, **e.datasets}
+    for field_name in ("cas", "guidance"):
+        unknown = [n for n in getattr(e, field_name) if n not in datasets]
+        if unknown:
+            raise FactoryError(f"params.yaml: evaluate.{field_name}: {unknown} are not in evaluate.datasets "
+                               f"or the sweep ({sorted(datasets)})")
+    cas = tuple(dict.fromkeys([*sweep, *e.cas]))
     return EvaluationConfig(reference=e.reference, train=e.train, encoder=e.encoder, encoder_path=e.encoder_path,
-                            k=e.k, datasets=dict(e.datasets), cas=tuple(e.cas),
+                            k=e.k, datasets=datasets, cas=cas, guidance=tuple(dict.fromkeys([*sweep, *e.guidance])),
                             classifier=classifier_config(params), seed=params.base.seed)

@@ -35,6 +35,7 @@ class EvaluationConfig:
     k: int = 5
     datasets: Mapping[str, str] = field(default_factory=dict)
     cas: tuple[str, ...] = ()           # names of datasets to train a classifier on alone
+    guidance: tuple[str, ...] = ()      # names of datasets that make the guidance trade-off plot
     classifier: ClassifierConfig = ClassifierConfig()
     seed: int = 0
 

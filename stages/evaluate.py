@@ -22,7 +22,7 @@ def main() -> None:
     cfg = evaluation_config(params)
     result = evaluate_datasets(cfg)
     atomic_write_bytes(OUT, dump(result))
-    atomic_write_bytes(PLOT, dump(guidance_rows(result, params.evaluate.guidance or None)))
+    atomic_write_bytes(PLOT, dump(guidance_rows(result, list(cfg.guidance) or None)))
     for name, d in result["datasets"].items():
         cas = f", CAS {d['cas']:.4f}" if "cas" in d else ""
         print(f"evaluate {name} (guidance {d['guidance_scale']}): FD {d['fd']:.4g}, precision {d['precision']:.3f}, "

@@ -78,9 +78,7 @@ def shrink_params(repo: Path) -> None:
     params["contrastive"]["pools"] = ["real", "synthetic"]
     params["contrastive"]["train"] = {"steps": 3, "batch_size": 16, "images_per_group": 2, "width": 8,
                                       "embed_dim": 16}
-    params["evaluate"].update(k=2, datasets={"w1": "data/synthetic/guidance/w1", "raw": "data/synthetic/raw",
-                                             "curated": "data/synthetic/curated"},
-                              cas=["w1", "raw"], guidance=["w1", "raw"])
+    params["evaluate"].update(k=2)
     params["bias"]["plan"].update(images_per_class=10, images_per_prompt=2)
     params["bias"]["train_generator"] = tiny["train_generator"]
     params["bias"]["generate"].update(steps=3, batch_size=8, shard_size=50)
