@@ -567,6 +567,21 @@ def linear_probe(encoder: ContrastiveEncoder, train_x: torch.Tensor, train_y: Se
             "n_test": int(len(yte))}
 
 
+def few_shot_indices(labels: Sequence[int] | torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """``per_class`` indices of every class (all of a class that has fewer), drawn with a seeded
+    generator: the small labelled set of a few-shot probe, where encoders differ more than with all
+    labels (a linear probe on every real digit is near its ceiling even for an untrained encoder)."""
+    if not isinstance(per_class, int) or per_class < 1:
+        raise FactoryError(f"few-shot probe: per_class must be an integer >= 1; got {per_class!r}")
+    y = torch.as_tensor(labels if isinstance(labels, torch.Tensor) else list(labels))
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.sort(torch.cat(picks)).values
+
+
 # --------------------------------------------------------------------------------------------------
 # Save / load
 # --------------------------------------------------------------------------------------------------

@@ -64,6 +64,13 @@ def fraction_rows(classifier: Mapping[str, Any], pools: Sequence[str]) -> list[d
     return sorted(rows, key=lambda r: (r["synthetic_fraction"], r["pool"]))
 
 
+def _probe_cell(m: Mapping[str, Any] | None) -> str:
+    if m is None or "skipped" in m:
+        return "skipped"
+    few = next((v for k, v in m.items() if k.startswith("top1_") and k.endswith("shot")), None)
+    return _pct(m["top1"]) + ("" if few is None else f" / {_pct(few)}")
+
+
 def render(m: Mapping[str, Any]) -> str:
     """The Markdown results page."""
     out = ["# Results", ""]
@@ -80,15 +87,14 @@ def render(m: Mapping[str, Any]) -> str:
         methods = sorted({k for c in con.values() if c for k in c["methods"]},
                          key=lambda k: ["simclr", "stablerep", "stablerep_plus"].index(k)
                          if k in ("simclr", "stablerep", "stablerep_plus") else 9)
-        out += ["## Contrastive encoders: linear-probe top-1 (probe fit on real train, tested on real test)", ""]
+        out += ["## Contrastive encoders: linear-probe top-1 on the real test split", "",
+                "Each cell: probe fit on all real train images / on 10 real images per class.", ""]
         rows = []
         for p, c in con.items():
             if not c:
                 rows.append([p, "missing"] + [""] * (len(methods) - 1))
                 continue
-            rows.append([f"{p} ({c['n_train']} images)"] + [
-                "skipped" if "skipped" in c["methods"].get(k, {"skipped": 1}) else _pct(c["methods"][k]["top1"])
-                for k in methods])
+            rows.append([f"{p} ({c['n_train']} images)"] + [_probe_cell(c["methods"].get(k)) for k in methods])
         out.append(table(["pool"] + methods, rows))
         out.append("")
     ev = m["evaluate"]

@@ -1,5 +1,5 @@
 """Stage ``train_contrastive@<pool>``: SimCLR, StableRep and StableRep+ encoders trained on a pool, each
-scored by a linear probe (fit on REAL train, tested on REAL test) -> ``metrics/contrastive/<pool>.json``."""
+scored by a linear probe (fit on all of REAL train, and on 10 real images per class; tested on REAL test) -> ``metrics/contrastive/<pool>.json``."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from factory.classifier import detect_mode
 from factory.config import load_params
-from factory.contrastive import ContrastiveConfig, linear_probe, train_contrastive
+from factory.contrastive import ContrastiveConfig, few_shot_indices, linear_probe, train_contrastive
 from factory.errors import FactoryError
 from factory.loader import load_pool_tensors
 from factory.pools import read_pool
@@ -16,6 +16,7 @@ from factory.shards import atomic_write_bytes
 from factory.stage import run_stage
 
 TRAIN, TEST = "data/real/train", "data/real/test"
+PER_CLASS = 10  # the few-shot probe: 10 real labelled images per class
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     x, _, groups, texts, _ = load_pool_tensors(pool, image_size=base.image_size, mode=mode)
     train_x, train_y, _, classes = load_split(TRAIN, base.image_size, mode)
     test_x, test_y, _, _ = load_split(TEST, base.image_size, mode)
+    shots = few_shot_indices(train_y, PER_CLASS, base.seed)
     multi = len(set(groups)) < len(groups)
     results = {"pool": args.pool, "n_train": len(x), "synthetic_fraction": pool["synthetic_fraction"],
                "config": base.to_dict(), "methods": {}}
@@ -44,10 +46,12 @@ def main() -> None:
         cfg = ContrastiveConfig.from_dict(base.to_dict() | {"method": method})
         encoder, info = train_contrastive(x, groups, texts, cfg)
         probe = linear_probe(encoder, train_x, train_y, test_x, test_y, classes, C=cfg.probe_C)
+        few = linear_probe(encoder, train_x[shots], train_y[shots], test_x, test_y, classes, C=cfg.probe_C)
         results["methods"][method] = {"top1": round(probe["top1"], 6), "per_class": probe["per_class"],
+                                      f"top1_{PER_CLASS}shot": round(few["top1"], 6),
                                       "final_loss": info.get("final_loss"), "seconds": info.get("seconds")}
-        print(f"train_contrastive {args.pool} {method}: linear-probe top-1 {probe['top1']:.4f} "
-              f"({info.get('seconds')} s)")
+        print(f"train_contrastive {args.pool} {method}: linear-probe top-1 {probe['top1']:.4f}, "
+              f"{PER_CLASS}-shot {few['top1']:.4f} ({info.get('seconds')} s)")
     out = Path(f"metrics/contrastive/{args.pool}.json")
     atomic_write_bytes(out, (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
 

@@ -268,3 +268,15 @@ def test_train_contrastive_input_errors(data):
     # SimCLR needs no groups
     encoder, info = train_contrastive(x[:16], None, None, ContrastiveConfig(steps=1, batch_size=8, width=8))
     assert info["groups"] is None and np.isfinite(info["final_loss"])
+
+
+def test_few_shot_indices_are_stratified_and_seeded():
+    from factory.contrastive import few_shot_indices
+
+    y = torch.tensor([0] * 20 + [1] * 5 + [2] * 30)
+    idx = few_shot_indices(y, 10, seed=0)
+    assert torch.bincount(y[idx]).tolist() == [10, 5, 10] and len(set(idx.tolist())) == 25
+    assert torch.equal(idx, few_shot_indices(y, 10, seed=0))
+    assert not torch.equal(idx, few_shot_indices(y, 10, seed=1))
+    with pytest.raises(FactoryError, match="per_class"):
+        few_shot_indices(y, 0)

@@ -18,7 +18,7 @@ def test_report_tables_and_fraction_plot(tmp_path):
     write(tmp_path / "metrics/classifier/real.json", classifier("real", 0.98, 0.0, 800))
     write(tmp_path / "metrics/classifier/half.json", classifier("half", 0.97, 0.5, 800))
     write(tmp_path / "metrics/contrastive/synthetic.json",
-          {"pool": "synthetic", "n_train": 1000, "methods": {"simclr": {"top1": 0.9},
+          {"pool": "synthetic", "n_train": 1000, "methods": {"simclr": {"top1": 0.9, "top1_10shot": 0.8},
                                                              "stablerep": {"top1": 0.95},
                                                              "stablerep_plus": {"skipped": "why"}}})
     write(tmp_path / "metrics/bias.json", {"train_correlation": 0.95, "test_correlation": 0.1, "pools": {
@@ -29,7 +29,7 @@ def test_report_tables_and_fraction_plot(tmp_path):
     md = render(m)
     assert "| real | 800 | 0.0% | 98.0% |" in md
     assert "| absent | missing |" in md  # a missing metrics file is reported, not filled in
-    assert "| synthetic (1000 images) | 90.0% | 95.0% | skipped |" in md
+    assert "| synthetic (1000 images) | 90.0% / 80.0% | 95.0% | skipped |" in md
     assert "| biased | 1400 | 0.0% | 80.0% | 99.0% | 78.0% | +21.0 pt |" in md
     assert "Synthetic datasets" not in md  # no evaluate metrics, no table
     rows = fraction_rows(m["classifier"], ["half", "real", "absent"])
