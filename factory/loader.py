@@ -41,14 +41,20 @@ def to_tensor(im: Image.Image, mode: str, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(px)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-def standard_augmentation(image_size: int, *, degrees: float = 10.0, translate: float = 0.1,
+def standard_augmentation(*, seed: int = 0, degrees: float = 10.0, translate: float = 0.1,
                           scale: tuple[float, float] = (0.9, 1.1)) -> Transform:
-    """Small random affine (rotation, shift, scale) per sample; no flips (digits are not symmetric)
-    and no colour changes (colour is a label in the bias studies)."""
-    from torchvision.transforms import v2
+    """A per-sample transform for ``PoolStream(transform=...)``: small random rotation, shift and zoom
+    (:func:`factory.augment.augment` on one image); no flips, no colour change. Training loops that can
+    augment whole batches should do that instead (``factory.classifier`` does): it is much faster."""
+    from factory.augment import augment
 
-    aff = v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, fill=-1.0)
-    return aff
+    gen = torch.Generator().manual_seed(seed)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return augment(x[None], gen, scale=scale, degrees=degrees, translate=translate, brightness=0.0,
+                       contrast=0.0, noise=0.0)[0]
+
+    return transform
 
 
 class PoolStream(IterableDataset):
