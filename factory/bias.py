@@ -79,10 +79,12 @@ def majority_attribute(dataset: Dataset | str | Path, axis: str) -> dict[str, st
     return {c: sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for c, cnt in counts.items()}
 
 
-def attribute_correlation(dataset: Dataset | str | Path, axis: str) -> float:
-    """Share of samples whose ``axis`` value is their class's majority value (1.0: fully tied)."""
+def attribute_correlation(dataset: Dataset | str | Path, axis: str,
+                          reference: Dataset | str | Path | None = None) -> float:
+    """Share of samples whose ``axis`` value is their class's majority value in ``reference`` (default:
+    in ``dataset`` itself). 1.0: fully tied; 1 / (number of values): independent of class."""
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
-    own = majority_attribute(ds, axis)
+    own = majority_attribute(reference if reference is not None else ds, axis)
     hits = [rec["attributes"][axis] == own[rec["class_name"]] for rec in ds.records()]
     return sum(hits) / len(hits) if hits else 0.0
 

@@ -23,7 +23,7 @@ def main() -> None:
     own = majority_attribute(TRAIN, "color")
     consistent = consistency_mask(test, own, "color")
     results = {"train_correlation": round(attribute_correlation(TRAIN, "color"), 6),
-               "test_correlation": round(attribute_correlation(TEST, "color"), 6), "pools": {}}
+               "test_correlation": round(attribute_correlation(TEST, "color", TRAIN), 6), "pools": {}}
     for name in params.pools:
         with Live(f"dvclive/bias/{name}", dvcyaml=False, save_dvc_exp=False) as live:
             model, metrics = train_classifier(Path(POOLS) / f"{name}.json", test, cfg, live=live)

@@ -15,7 +15,7 @@ def main() -> None:
                               seed=params.base.seed, shard_size=b.shard_size, overwrite=True)
     print(f"bias_data: train {counts['train']} (colour = class colour for "
           f"{attribute_correlation(TRAIN, 'color'):.1%}), test {counts['test']} "
-          f"(colour = class colour for {attribute_correlation(TEST, 'color'):.1%})")
+          f"(colour = class colour for {attribute_correlation(TEST, 'color', TRAIN):.1%})")
 
 
 if __name__ == "__main__":

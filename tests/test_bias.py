@@ -1,5 +1,6 @@
 """The bias benchmark's data and its accuracy split (colour-consistent vs colour-flipped)."""
 
+import pytest
 import torch
 
 from factory.bias import attribute_correlation, consistency_mask, majority_attribute, make_bias_splits, split_accuracy
@@ -17,6 +18,7 @@ def test_bias_splits_tie_colour_to_class_in_train_only(tmp_path):
     assert len(set(own.values())) == 10  # every class has its own colour
     consistent = consistency_mask(test, own, "color")
     assert 0.03 < consistent.float().mean() < 0.2  # test colour is independent of class (1 in 10)
+    assert attribute_correlation(test, "color", train) == pytest.approx(float(consistent.float().mean()))
 
 
 def test_split_accuracy_reports_the_gap():
