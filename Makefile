@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# torch's OpenMP threads spin-wait by default; on a small shared machine that steals the other core
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup run test bench clean
 
@@ -24,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/shards.py
+	$(BIN)/python bench/loader.py
 
 clean:
 	rm -rf $(VENV)

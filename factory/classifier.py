@@ -32,6 +32,7 @@ from factory.shards import Dataset
 log = logging.getLogger(__name__)
 
 ARCHS = ("cnn", "resnet18", "resnet34", "resnet50")
+CACHE_LIMIT_BYTES = 1 << 30
 # the standard augmentation: small rotation, shift and zoom; no flips (digits are not symmetric) and no
 # photometric change (colour can be the label, as in the bias benchmark)
 AUGMENT = {"scale": (0.9, 1.1), "degrees": 10.0, "translate": 0.1, "brightness": 0.0, "contrast": 0.0, "noise": 0.0}
@@ -51,6 +52,7 @@ class ClassifierConfig:
     mode: str = "auto"            # auto (L unless the images are colour) | L | RGB
     shuffle_buffer: int = 2000
     num_workers: int = 0
+    cache: bool = True            # keep decoded images in memory after the first epoch (if under 1 GiB)
     eval_every: int = 100         # steps between real-test evaluations (the last step always)
     seed: int = 0
 
@@ -68,6 +70,9 @@ class ClassifierConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 fail(name, "must be an integer >= 0")
+        for name in ("augment", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
         if not self.lr > 0:
             fail("lr", "must be > 0")
         if self.weight_decay < 0:
@@ -135,8 +140,10 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
         raise FactoryError(f"{test.path}: classes {test.classes} differ from pool {pool['name']}'s {pool['classes']}")
     mode = detect_mode(pool) if cfg.mode == "auto" else cfg.mode
     torch.manual_seed(cfg.seed)
+    channels = 1 if mode == "L" else 3
+    fits = int(pool["samples"]) * channels * cfg.image_size ** 2 * 4 <= CACHE_LIMIT_BYTES
     stream = PoolStream(pool, image_size=cfg.image_size, mode=mode, shuffle_buffer=cfg.shuffle_buffer,
-                        seed=cfg.seed)
+                        seed=cfg.seed, cache=cfg.cache and fits and cfg.num_workers == 0)
     gen = torch.Generator().manual_seed(cfg.seed)  # the augmentation's draws
     loader = make_loader(stream, cfg.batch_size, cfg.num_workers)
     x_test, y_test, _, _ = load_split(test, cfg.image_size, mode)

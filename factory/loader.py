@@ -63,7 +63,7 @@ class PoolStream(IterableDataset):
 
     def __init__(self, pool: Mapping[str, Any] | str | Path, *, image_size: int = 16, mode: str = "L",
                  shuffle_buffer: int = 1000, transform: Transform | None = None, seed: int = 0,
-                 with_meta: bool = False) -> None:
+                 with_meta: bool = False, cache: bool = False) -> None:
         super().__init__()
         self.pool = read_pool(pool) if isinstance(pool, (str, Path)) else dict(pool)
         if mode not in ("L", "RGB"):
@@ -73,6 +73,10 @@ class PoolStream(IterableDataset):
         self.image_size, self.mode, self.transform = image_size, mode, transform
         self.shuffle_buffer, self.seed, self.with_meta = shuffle_buffer, seed, with_meta
         self.epoch = 0
+        # cache: after one full pass in the main process, keep the decoded (un-augmented) tensors and
+        # serve later epochs from memory in a seeded permutation (small pools, many epochs)
+        self.cache = cache
+        self._cached: list[tuple[torch.Tensor, int, dict[str, Any] | None]] | None = None
         self.classes: list[str] = list(self.pool["classes"])
         self._wanted: dict[str, frozenset[str]] = {}
         for comp in self.pool["components"]:
@@ -99,25 +103,49 @@ class PoolStream(IterableDataset):
     def _select(self, sample: Mapping[str, Any]) -> bool:
         return sample["__key__"] in self._wanted[sample["__url__"]]
 
-    def _decode(self, sample: Mapping[str, Any]):
+    def _decode(self, sample: Mapping[str, Any]) -> tuple[torch.Tensor, int, dict[str, Any] | None]:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
             raise FactoryError(f"{sample['__url__']}: sample {sample['__key__']!r} has no image member")
         with Image.open(io.BytesIO(sample[ext])) as im:
             x = to_tensor(im, self.mode, self.image_size)
+        meta = None
+        if self.with_meta:
+            rec = json.loads(sample["json"])
+            meta = {"key": rec["key"], "group": rec.get("group") or rec["key"],
+                    "text": (rec.get("prompt") or {}).get("text", "")}
+        return x, int(sample["cls"]), meta
+
+    def _emit(self, item: tuple[torch.Tensor, int, dict[str, Any] | None]):
+        x, y, meta = item
         if self.transform is not None:
             x = self.transform(x)
-        y = int(sample["cls"])
-        if not self.with_meta:
-            return x, y
-        rec = json.loads(sample["json"])
-        meta = {"key": rec["key"], "group": rec.get("group") or rec["key"],
-                "text": (rec.get("prompt") or {}).get("text", "")}
-        return x, y, meta
+        return (x, y) if meta is None else (x, y, meta)
+
+    def _from_cache(self) -> Iterator[Any]:
+        order = list(range(len(self._cached)))
+        if self.shuffle_buffer > 1:
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        for i in order:
+            yield self._emit(self._cached[i])
+
+    def _filling(self, items: Iterator[Any]) -> Iterator[Any]:
+        kept = []
+        for item in items:
+            kept.append(item)
+            yield self._emit(item)
+        self._cached = kept  # only a complete pass is kept
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.cache and info is None:
+            if self._cached is not None:
+                return self._from_cache()
+            return self._filling(self._stream(wid, nw))
+        return (self._emit(item) for item in self._stream(wid, nw))
+
+    def _stream(self, wid: int, nw: int) -> Iterator[Any]:
         rng = random.Random(f"{self.seed}:{self.epoch}:{wid}")
         urls = list(self.urls)
         if self.shuffle_buffer > 1:

@@ -71,8 +71,6 @@ def test_config_errors_name_the_parameter(digits_split):
     with pytest.raises(FactoryError, match=r"unknown parameter\(s\) \['epochz'\]"):
         ClassifierConfig.from_dict({"epochz": 3})
     train, _ = digits_split
-    from factory.ingest import ingest
-
     pool = build_pool(PoolSpec("p", (Component(str(train), per_class=1),)))
     with pytest.raises(FactoryError, match="no such dataset"):
         train_classifier(pool, train.parent / "missing", ClassifierConfig(steps=1))

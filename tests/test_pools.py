@@ -132,3 +132,24 @@ def test_pool_shards_also_read_by_plain_webdataset(digits_split):
     keys = set(pool["components"][0]["keys"])
     got = [s["__key__"] for s in wds.WebDataset(Dataset(train).urls(), shardshuffle=False) if s["__key__"] in keys]
     assert sorted(got) == sorted(keys)
+
+
+def test_cache_serves_later_epochs_from_memory(digits_split, tmp_path):
+    import shutil
+
+    train, _ = digits_split
+    copy = tmp_path / "train"
+    shutil.copytree(train, copy)
+    pool = pool_of("p", Component(str(copy), per_class=4))
+    stream = PoolStream(pool, shuffle_buffer=10, with_meta=True, cache=True)
+    first = [m["key"] for _, _, m in stream]
+    for shard in copy.glob("shard-*.tar"):
+        shard.unlink()  # later epochs must not touch the shards
+    stream.set_epoch(1)
+    second = [(x, y, m["key"]) for x, y, m in stream]
+    assert sorted(k for *_, k in second) == sorted(first) and [k for *_, k in second] != first
+    stream.set_epoch(1)
+    assert [m["key"] for *_, m in stream] == [k for *_, k in second]  # seeded by the epoch
+    fresh = PoolStream(pool, shuffle_buffer=10, with_meta=True)  # no cache: needs the shards
+    with pytest.raises(Exception):
+        list(fresh)
