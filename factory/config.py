@@ -118,6 +118,7 @@ class EvaluateParams(Section):
     encoder: Literal["clip", "inception"] = "clip"
     encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
     k: int = Field(5, ge=1)
+    reference_epochs: int = Field(10, ge=1)
     datasets: dict[str, str] = Field(default_factory=dict)  # name -> synthetic dataset folder
     cas: list[str] = Field(default_factory=list)       # datasets to train the classifier on alone (CAS)
     guidance: list[str] = Field(default_factory=list)  # datasets that make the guidance trade-off plot
@@ -303,5 +304,6 @@ def evaluation_config(params: Params):
                                f"or the sweep ({sorted(datasets)})")
     cas = tuple(dict.fromkeys([*sweep, *e.cas]))
     return EvaluationConfig(reference=e.reference, train=e.train, encoder=e.encoder, encoder_path=e.encoder_path,
-                            k=e.k, datasets=datasets, cas=cas, guidance=tuple(dict.fromkeys([*sweep, *e.guidance])),
+                            k=e.k, reference_epochs=e.reference_epochs, datasets=datasets, cas=cas,
+                            guidance=tuple(dict.fromkeys([*sweep, *e.guidance])),
                             classifier=classifier_config(params), seed=params.base.seed)

@@ -32,6 +32,7 @@ class EvaluationConfig:
     encoder: str = "clip"
     encoder_path: str = "models/clip"
     k: int = 5
+    reference_epochs: int = 10
     datasets: Mapping[str, str] = field(default_factory=dict)
     cas: tuple[str, ...] = ()           # names of datasets to train a classifier on alone
     guidance: tuple[str, ...] = ()      # names of datasets that make the guidance trade-off plot
@@ -58,7 +59,8 @@ def evaluate_datasets(cfg: EvaluationConfig, progress=None) -> dict[str, Any]:
     if not cfg.datasets:
         raise FactoryError("evaluate.datasets is empty: name at least one synthetic dataset")
     start = time.perf_counter()
-    ref_model, ref_info = train_reference_classifier(cfg.train, seed=cfg.seed, test=cfg.reference)
+    ref_model, ref_info = train_reference_classifier(cfg.train, epochs=cfg.reference_epochs, seed=cfg.seed,
+                                                   test=cfg.reference)
     extractor = feature_extractor(cfg.encoder, cfg.encoder_path)
     out: dict[str, Any] = {
         "reference": Dataset(cfg.reference).ref(),
