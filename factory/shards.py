@@ -83,6 +83,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_json(path: Path | str, obj: Any) -> None:
+    """A metrics or report file: indented, sorted JSON, written atomically (parents created)."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
 def encode_sample(sample: Sample) -> dict[str, Any]:
     if sample.ext not in IMAGE_EXTS:
         raise FactoryError(f"sample {sample.key!r}: image extension must be one of {IMAGE_EXTS}")

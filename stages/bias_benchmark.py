@@ -1,7 +1,6 @@
 """Stage ``bias_benchmark``: train on each ``bias.pools`` pool, test on the colour-randomised real test
 split -> ``metrics/bias.json`` (accuracy, colour-consistent vs colour-flipped accuracy, and the gap)."""
 
-import json
 from pathlib import Path
 
 from dvclive import Live
@@ -10,7 +9,7 @@ from factory.bias import attribute_correlation, consistency_mask, majority_attri
 from factory.classifier import train_classifier
 from factory.config import classifier_config, load_params
 from factory.recognition import load_split, predict
-from factory.shards import Dataset, atomic_write_bytes
+from factory.shards import Dataset, write_json
 from factory.stage import run_stage
 
 TRAIN, TEST, POOLS, OUT = "data/bias/real/train", "data/bias/real/test", "data/bias/pools", "metrics/bias.json"
@@ -34,7 +33,7 @@ def main() -> None:
         results["pools"][name] = row
         print(f"bias_benchmark {name}: top-1 {row['top1']:.4f}, colour-consistent {row['consistent_top1']:.4f}, "
               f"colour-flipped {row['flipped_top1']:.4f} (gap {row['gap']:+.4f})")
-    atomic_write_bytes(Path(OUT), (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+    write_json(OUT, results)
 
 
 if __name__ == "__main__":

@@ -2,27 +2,22 @@
 ``metrics/evaluate.json`` (FD, precision/recall, density/coverage, recognition, CAS, balance)
 and ``plots/guidance.json`` (the guidance trade-off)."""
 
-import json
 from pathlib import Path
 
 from factory.config import evaluation_config, load_params
 from factory.evaluation import evaluate_datasets, guidance_rows
-from factory.shards import atomic_write_bytes
+from factory.shards import write_json
 from factory.stage import run_stage
 
 OUT, PLOT = Path("metrics/evaluate.json"), Path("plots/guidance.json")
-
-
-def dump(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def main() -> None:
     params = load_params()
     cfg = evaluation_config(params)
     result = evaluate_datasets(cfg)
-    atomic_write_bytes(OUT, dump(result))
-    atomic_write_bytes(PLOT, dump(guidance_rows(result, list(cfg.guidance) or None)))
+    write_json(OUT, result)
+    write_json(PLOT, guidance_rows(result, list(cfg.guidance) or None))
     for name, d in result["datasets"].items():
         cas = f", CAS {d['cas']:.4f}" if "cas" in d else ""
         print(f"evaluate {name} (guidance {d['guidance_scale']}): FD {d['fd']:.4g}, precision {d['precision']:.3f}, "

@@ -1,12 +1,11 @@
 """Stage ``report``: all metrics -> ``reports/results.md``, ``reports/index.html`` and
 ``plots/synthetic_fraction.json`` (accuracy against the share of synthetic images)."""
 
-import json
 from pathlib import Path
 
 from factory.config import load_params
 from factory.report import fraction_rows, load_metrics, render, to_html
-from factory.shards import atomic_write_bytes
+from factory.shards import atomic_write_bytes, write_json
 from factory.stage import run_stage
 
 
@@ -17,7 +16,7 @@ def main() -> None:
     atomic_write_bytes(Path("reports/results.md"), md.encode())
     atomic_write_bytes(Path("reports/index.html"), to_html(md).encode())
     rows = fraction_rows(metrics["classifier"], params.report.fraction_pools)
-    atomic_write_bytes(Path("plots/synthetic_fraction.json"), (json.dumps(rows, indent=2) + "\n").encode())
+    write_json("plots/synthetic_fraction.json", rows)
     print(md)
 
 

@@ -4,7 +4,6 @@ Per-epoch loss and real-test accuracy go to dvclive (``dvclive/classifier/<pool>
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from dvclive import Live
@@ -12,7 +11,7 @@ from dvclive import Live
 from factory.classifier import train_classifier
 from factory.errors import FactoryError
 from factory.config import classifier_config, load_params, study_path
-from factory.shards import atomic_write_bytes
+from factory.shards import write_json
 from factory.stage import run_stage
 
 
@@ -31,7 +30,7 @@ def main() -> None:
               save_dvc_exp=False) as live:
         _, metrics = train_classifier(pool_file, test, cfg, live=live)
     out = Path(study_path(f"metrics/classifier/{args.pool}.json", args.study))
-    atomic_write_bytes(out, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    write_json(out, metrics)
     print(f"train_classifier {args.pool}: real-test top-1 {metrics['top1']:.4f} "
           f"({metrics['n_train']} training images, synthetic fraction {metrics['synthetic_fraction']:.2f}, "
           f"{metrics['seconds']:.0f} s)")

@@ -1,12 +1,12 @@
 """Stage ``train_clip``: ``data/real/train`` -> ``models/clip`` (the embedded open_clip scorer)."""
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
 from factory.config import load_params, train_clip_config
 from factory.scoring import train_clip
+from factory.shards import write_json
 from factory.stage import run_stage
 
 OUT, METRICS = "models/clip", Path("metrics/train_clip.json")
@@ -17,8 +17,7 @@ def main() -> None:
     cfg = train_clip_config(params)
     with tqdm(total=cfg.steps, desc="train_clip", unit="step", mininterval=5) as bar:
         summary = train_clip(params.plan.dataset, cfg, OUT, progress=lambda step, total, loss: bar.update(1))
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(METRICS, summary)
     print(f"train_clip: {summary}")
 
 

@@ -2,7 +2,6 @@
 scored by a linear probe (fit on all of REAL train, and on 10 real images per class; tested on REAL test) -> ``metrics/contrastive/<pool>.json``."""
 
 import argparse
-import json
 from pathlib import Path
 
 from factory.classifier import detect_mode
@@ -12,7 +11,7 @@ from factory.errors import FactoryError
 from factory.loader import load_pool_tensors
 from factory.pools import read_pool
 from factory.recognition import load_split
-from factory.shards import atomic_write_bytes
+from factory.shards import write_json
 from factory.stage import run_stage
 
 TRAIN, TEST = "data/real/train", "data/real/test"
@@ -53,7 +52,7 @@ def main() -> None:
         print(f"train_contrastive {args.pool} {method}: linear-probe top-1 {probe['top1']:.4f}, "
               f"{PER_CLASS}-shot {few['top1']:.4f} ({info.get('seconds')} s)")
     out = Path(f"metrics/contrastive/{args.pool}.json")
-    atomic_write_bytes(out, (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+    write_json(out, results)
 
 
 if __name__ == "__main__":

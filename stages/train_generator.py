@@ -1,13 +1,13 @@
 """Stage ``train_generator``: ``data/real/train`` -> ``models/generator`` (the embedded diffusion model)."""
 
 import argparse
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
 from factory.config import load_params, study_path, train_generator_config
 from factory.generators.embedded import train_generator
+from factory.shards import write_json
 from factory.stage import run_stage
 
 OUT, METRICS = "models/generator", Path("metrics/train_generator.json")
@@ -26,8 +26,7 @@ def main() -> None:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
         summary = train_generator(params.plan.dataset, cfg, out, progress=progress)
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(metrics, summary)
     print(f"train_generator: {summary}")
 
 
