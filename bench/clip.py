@@ -4,7 +4,7 @@ right-vs-wrong caption ROC-AUC on the real test split.
     python bench/clip.py --train /tmp/clip/train --test /tmp/clip/test --out /tmp/clip/model [--steps 300]
 
 Make the split first:
-    python -c "from factory.ingest import ingest, split; ingest('sklearn:digits','/tmp/clip/full',overwrite=True); \
+    python -c "from factory.data.ingest import ingest, split; ingest('sklearn:digits','/tmp/clip/full',overwrite=True); \
 split('/tmp/clip/full','/tmp/clip/train','/tmp/clip/test',test_fraction=0.2,seed=0,overwrite=True)"
 
 Prints one JSON object to stdout (the model folder stays exactly as train_clip wrote it). Records the
@@ -35,11 +35,18 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="evaluate the model at --out without training")
     args = ap.parse_args()
 
-    from factory.scoring import (ClipTrainConfig, class_prompts, dataset_class_scores, load_scorer, margins,
-                                 mismatch_auc, train_clip, zero_shot_accuracy)
-    from factory.shards import Dataset
-
     import torch
+
+    from factory.core.shards import Dataset
+    from factory.curate.scorers import load_scorer
+    from factory.curate.scorers.base import (
+        class_prompts,
+        dataset_class_scores,
+        margins,
+        mismatch_auc,
+        zero_shot_accuracy,
+    )
+    from factory.train.clip import ClipTrainConfig, train_clip
 
     if args.threads:
         torch.set_num_threads(args.threads)

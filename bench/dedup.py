@@ -27,8 +27,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from factory.dedup import (hamming, hamming_pairs, hamming_pairs_bruteforce, hex_from_words,  # noqa: E402
-                           image_hash_hex, plan_blocks, words_from_hex)
+from factory.curate.hashing import (
+    hamming,
+    hamming_pairs,
+    hamming_pairs_bruteforce,
+    hex_from_words,
+    image_hash_hex,
+    plan_blocks,
+    words_from_hex,
+)
 
 IMAGENETTE = REPO.parent / "shared" / "data" / "imagenette-mini"
 TOP = np.uint64(1 << 63)
@@ -67,8 +74,8 @@ def time_brute(h: np.ndarray, d: int):
 
 def imagededup_available() -> str | None:
     try:
-        from imagededup.methods import PHash  # noqa: F401
         from imagededup.handlers.search import brute_force_cython  # noqa: F401
+        from imagededup.methods import PHash  # noqa: F401
     except ImportError as exc:
         return f"imagededup not importable ({exc}); pip install imagededup --no-deps && pip install matplotlib"
     return None

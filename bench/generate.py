@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from factory.generate import GenerateConfig, GeneratorSpec, generate
-from factory.generators.base import SamplerConfig
-from factory.generators.embedded import EmbeddedGenerator, EmbeddedTrainConfig, train_generator
-from factory.ingest import ingest
-from factory.prompts import PlanConfig, build_plan, write_plan
+from factory.data.ingest import ingest
+from factory.generate.backends.base import SamplerConfig
+from factory.generate.backends.embedded import EmbeddedGenerator
+from factory.generate.plans import PlanConfig, build_plan, write_plan
+from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
+from factory.train.generator import EmbeddedTrainConfig, train_generator
 
 
 def bare_loop(gen: EmbeddedGenerator, n: int, batch: int, steps: int, w: float) -> float:

@@ -33,8 +33,8 @@ def make_dataset(out: Path, n: int, size: int) -> None:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from factory.sample import real_sample
-    from factory.shards import DatasetWriter
+    from factory.core.sample import real_sample
+    from factory.core.shards import DatasetWriter
 
     digits = load_digits()
     rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def direct(pool: dict, mode: str, size: int) -> int:
     """The baseline: tarfile + PIL + to_tensor over the pool's keys, no pipeline."""
     from PIL import Image
 
-    from factory.loader import to_tensor
+    from factory.data.loader import to_tensor
 
     n = 0
     for comp in pool["components"]:
@@ -75,7 +75,7 @@ def direct(pool: dict, mode: str, size: int) -> int:
 
 
 def loader(pool: dict, mode: str, size: int, workers: int) -> int:
-    from factory.loader import PoolStream, make_loader
+    from factory.data.loader import PoolStream, make_loader
 
     stream = PoolStream(pool, image_size=size, mode=mode, shuffle_buffer=1000)
     n = 0
@@ -104,7 +104,7 @@ def main() -> None:
 
     import torch
 
-    from factory.pools import Component, PoolSpec, build_pool
+    from factory.data.pools import Component, PoolSpec, build_pool
 
     torch.set_num_threads(1)
     mode = "L" if args.image_size == 8 else "RGB"

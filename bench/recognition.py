@@ -1,12 +1,12 @@
 """Recognition rate of the embedded generator's images, per guidance scale and per class.
 
-A reference CNN trained on the REAL train split (factory.recognition) classifies images generated
+A reference CNN trained on the REAL train split (factory.measure.recognition) classifies images generated
 for each class; the share it assigns to the intended class is the recognition rate. Also reports
 images/s of ``EmbeddedGenerator.generate`` and, with ``--bare-loop``, the same denoising loop written
 directly against the UNet and scheduler (no request handling, no per-image seeding, no PNG), so the
 overhead of ``generate`` can be read off.
 
-Example (the real split made by ``factory.ingest.split``)::
+Example (the real split made by ``factory.data.ingest.split``)::
 
     python bench/recognition.py --train /tmp/emb/train --test /tmp/emb/test \\
         --generator /tmp/emb/generator --classifier /tmp/emb/refclf --per-class 100 --scales 1 2 4
@@ -24,10 +24,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from factory.generators.base import GenRequest, SamplerConfig
-from factory.generators.embedded import EmbeddedGenerator, EmbeddedTrainConfig, train_generator
-from factory.recognition import (accuracy, load_reference_classifier, recognition, save_reference_classifier,
-                                 train_reference_classifier)
+from factory.generate.backends.base import GenRequest, SamplerConfig
+from factory.generate.backends.embedded import EmbeddedGenerator
+from factory.measure.recognition import (
+    accuracy,
+    load_reference_classifier,
+    recognition,
+    save_reference_classifier,
+    train_reference_classifier,
+)
+from factory.train.generator import EmbeddedTrainConfig, train_generator
 
 
 def get_classifier(args: argparse.Namespace):

@@ -23,7 +23,7 @@ def make_samples(n: int, size: int):
     import numpy as np
     from PIL import Image
 
-    from factory.sample import real_sample
+    from factory.core.sample import real_sample
 
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -34,7 +34,7 @@ def make_samples(n: int, size: int):
 
 
 def child(n: int, size: int, mode: str) -> dict:
-    from factory.shards import Dataset, DatasetWriter
+    from factory.core.shards import Dataset, DatasetWriter
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ds"

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 class Section(BaseModel):
@@ -180,15 +180,15 @@ def study_path(path: str, study: str | None) -> str:
 
 
 def pools_config(params: Params):
-    """``pools`` + ``base.seed`` -> :class:`factory.pools.PoolsConfig`."""
-    from factory.pools import PoolsConfig
+    """``pools`` + ``base.seed`` -> :class:`factory.data.pools.PoolsConfig`."""
+    from factory.data.pools import PoolsConfig
 
     return PoolsConfig.from_params(params.pools, params.base.seed)
 
 
 def classifier_config(params: Params):
     """``classifier`` (seed defaults to ``base.seed``) -> ClassifierConfig."""
-    from factory.classifier import ClassifierConfig
+    from factory.train.classifier import ClassifierConfig
 
     section = dict(params.classifier)
     section.setdefault("seed", params.base.seed)
@@ -196,8 +196,8 @@ def classifier_config(params: Params):
 
 
 def plan_config(params: Params):
-    """``plan`` + ``base.seed`` -> :class:`factory.prompts.PlanConfig`."""
-    from factory.prompts import AttributeAxis, PlanConfig
+    """``plan`` + ``base.seed`` -> :class:`factory.generate.plans.PlanConfig`."""
+    from factory.generate.plans import AttributeAxis, PlanConfig
 
     p = params.plan
     axes = []
@@ -214,7 +214,7 @@ def plan_config(params: Params):
 
 def train_generator_config(params: Params):
     """``train_generator`` (seed defaults to ``base.seed``) -> EmbeddedTrainConfig."""
-    from factory.generators.embedded import EmbeddedTrainConfig
+    from factory.train.generator import EmbeddedTrainConfig
 
     section = dict(params.train_generator)
     section.setdefault("seed", params.base.seed)
@@ -222,9 +222,9 @@ def train_generator_config(params: Params):
 
 
 def generate_config(params: Params):
-    """``generate`` -> :class:`factory.generate.GenerateConfig`."""
-    from factory.generate import GenerateConfig, GeneratorSpec, RayConfig
-    from factory.generators.base import SamplerConfig
+    """``generate`` -> :class:`factory.generate.tasks.GenerateConfig`."""
+    from factory.generate.backends.base import SamplerConfig
+    from factory.generate.tasks import GenerateConfig, GeneratorSpec, RayConfig
 
     g = params.generate
     sampler = SamplerConfig(guidance_scale=g.guidance_scale, steps=g.steps, scheduler=g.scheduler,
@@ -267,7 +267,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 def train_clip_config(params: Params):
     """``train_clip`` (seed defaults to ``base.seed``) -> ClipTrainConfig."""
-    from factory.scoring import ClipTrainConfig
+    from factory.train.clip import ClipTrainConfig
 
     section = dict(params.train_clip)
     section.setdefault("seed", params.base.seed)
@@ -275,9 +275,9 @@ def train_clip_config(params: Params):
 
 
 def curate_config(params: Params):
-    """``curate`` + ``base.seed`` -> :class:`factory.curate.CurateConfig`."""
-    from factory.curate import CurateConfig, FilterConfig
-    from factory.dedup import DedupConfig
+    """``curate`` + ``base.seed`` -> :class:`factory.curate.filter.CurateConfig`."""
+    from factory.curate.dedup import DedupConfig
+    from factory.curate.filter import CurateConfig, FilterConfig
 
     c = params.curate
     return CurateConfig(filter=FilterConfig(c.min_score, c.min_margin, c.percentile),
@@ -287,12 +287,12 @@ def curate_config(params: Params):
 
 
 def evaluation_config(params: Params):
-    """``evaluate`` + ``sweep`` + ``classifier`` + ``base.seed`` -> :class:`factory.evaluation.EvaluationConfig`.
+    """``evaluate`` + ``sweep`` + ``classifier`` + ``base.seed`` -> :class:`factory.measure.evaluation.EvaluationConfig`.
 
     The guidance sweep's outputs join ``evaluate.datasets`` (and its CAS and guidance lists) by themselves,
     so ``dvc exp run -S 'sweep.guidance_scales=[1,3,4,6]'`` adds points to the trade-off with no other edit.
     """
-    from factory.evaluation import EvaluationConfig
+    from factory.measure.evaluation import EvaluationConfig
 
     e = params.evaluate
     sweep = params.sweep.datasets()

@@ -5,12 +5,13 @@ from pathlib import Path
 
 from dvclive import Live
 
-from factory.bias import attribute_correlation, consistency_mask, majority_attribute, split_accuracy
-from factory.classifier import train_classifier
 from factory.config import classifier_config, load_params
-from factory.recognition import load_split, predict
-from factory.shards import Dataset, write_json
-from factory.stage import run_stage
+from factory.core.files import write_json
+from factory.core.shards import Dataset
+from factory.core.stage import run_stage
+from factory.measure.bias import attribute_correlation, consistency_mask, majority_attribute, split_accuracy
+from factory.train.classifier import train_classifier
+from factory.train.reference import load_split, predict
 
 TRAIN, TEST, POOLS, OUT = "data/bias/real/train", "data/bias/real/test", "data/bias/pools", "metrics/bias.json"
 

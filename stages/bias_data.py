@@ -1,9 +1,9 @@
 """Stage ``bias_data``: ``bias.source`` (colour tied to class) -> ``data/bias/real/train``;
 the held-out digits from ``bias.test_source`` (colour independent of class) -> ``data/bias/real/test``."""
 
-from factory.bias import attribute_correlation, make_bias_splits
 from factory.config import load_params
-from factory.stage import run_stage
+from factory.core.stage import run_stage
+from factory.measure.bias import attribute_correlation, make_bias_splits
 
 TRAIN, TEST = "data/bias/real/train", "data/bias/real/test"
 

@@ -1,9 +1,9 @@
 """Stage ``curate``: ``data/synthetic/raw`` -> ``data/synthetic/curated`` (+ rejected) and ``reports/curate.json``."""
 
 from factory.config import curate_config, load_params
-from factory.curate import curate
-from factory.scoring import load_scorer
-from factory.stage import run_stage
+from factory.core.stage import run_stage
+from factory.curate.filter import curate
+from factory.curate.scorers import load_scorer
 
 
 def main() -> None:

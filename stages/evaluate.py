@@ -5,9 +5,9 @@ and ``plots/guidance.json`` (the guidance trade-off)."""
 from pathlib import Path
 
 from factory.config import evaluation_config, load_params
-from factory.evaluation import evaluate_datasets, guidance_rows
-from factory.shards import write_json
-from factory.stage import run_stage
+from factory.core.files import write_json
+from factory.core.stage import run_stage
+from factory.measure.evaluation import evaluate_datasets, guidance_rows
 
 OUT, PLOT = Path("metrics/evaluate.json"), Path("plots/guidance.json")
 

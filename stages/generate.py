@@ -5,8 +5,8 @@ import argparse
 from tqdm import tqdm
 
 from factory.config import generate_config, load_params, study_path
-from factory.generate import generate
-from factory.stage import run_stage
+from factory.core.stage import run_stage
+from factory.generate.tasks import generate
 
 PLAN, OUT = "data/prompts/plan.jsonl", "data/synthetic/raw"
 

@@ -1,8 +1,8 @@
 """Stage ``ingest``: the real source named in ``params.yaml`` -> ``data/real/full``."""
 
 from factory.config import load_params
-from factory.ingest import ingest
-from factory.stage import run_stage
+from factory.core.stage import run_stage
+from factory.data.ingest import ingest
 
 OUT = "data/real/full"
 

@@ -3,9 +3,9 @@
 import argparse
 
 from factory.config import load_params, plan_config, study_path
-from factory.prompts import build_plan, count_table, write_plan
-from factory.shards import Dataset
-from factory.stage import run_stage
+from factory.core.shards import Dataset
+from factory.core.stage import run_stage
+from factory.generate.plans import build_plan, count_table, write_plan
 
 OUT = "data/prompts/plan.jsonl"
 

@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 from factory.config import load_params, pools_config, study_path
-from factory.pools import build_pool, write_pool
-from factory.shards import replace_dir, staging_dir
-from factory.stage import run_stage
+from factory.core.files import replace_dir, staging_dir
+from factory.core.stage import run_stage
+from factory.data.pools import build_pool, write_pool
 
 
 def main() -> None:

@@ -4,9 +4,9 @@
 from pathlib import Path
 
 from factory.config import load_params
-from factory.report import fraction_rows, load_metrics, render, to_html
-from factory.shards import atomic_write_bytes, write_json
-from factory.stage import run_stage
+from factory.core.files import atomic_write_bytes, write_json
+from factory.core.stage import run_stage
+from factory.measure.report import fraction_rows, load_metrics, render, to_html
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Stage ``split``: ``data/real/full`` -> ``data/real/train`` and ``data/real/test`` (stratified)."""
 
 from factory.config import load_params
-from factory.ingest import split
-from factory.stage import run_stage
+from factory.core.stage import run_stage
+from factory.data.ingest import split
 
 
 def main() -> None:

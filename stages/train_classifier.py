@@ -8,11 +8,11 @@ from pathlib import Path
 
 from dvclive import Live
 
-from factory.classifier import train_classifier
-from factory.errors import FactoryError
 from factory.config import classifier_config, load_params, study_path
-from factory.shards import write_json
-from factory.stage import run_stage
+from factory.core.errors import FactoryError
+from factory.core.files import write_json
+from factory.core.stage import run_stage
+from factory.train.classifier import train_classifier
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from factory.config import load_params, train_clip_config
-from factory.scoring import train_clip
-from factory.shards import write_json
-from factory.stage import run_stage
+from factory.core.files import write_json
+from factory.core.stage import run_stage
+from factory.train.clip import train_clip
 
 OUT, METRICS = "models/clip", Path("metrics/train_clip.json")
 

@@ -4,15 +4,16 @@ scored by a linear probe (fit on all of REAL train, and on 10 real images per cl
 import argparse
 from pathlib import Path
 
-from factory.classifier import detect_mode
 from factory.config import load_params
-from factory.contrastive import ContrastiveConfig, few_shot_indices, linear_probe, train_contrastive
-from factory.errors import FactoryError
-from factory.loader import load_pool_tensors
-from factory.pools import read_pool
-from factory.recognition import load_split
-from factory.shards import write_json
-from factory.stage import run_stage
+from factory.core.errors import FactoryError
+from factory.core.files import write_json
+from factory.core.stage import run_stage
+from factory.data.loader import load_pool_tensors
+from factory.data.pools import read_pool
+from factory.measure.probes import few_shot_indices, linear_probe
+from factory.train.classifier import detect_mode
+from factory.train.contrastive import ContrastiveConfig, train_contrastive
+from factory.train.reference import load_split
 
 TRAIN, TEST = "data/real/train", "data/real/test"
 PER_CLASS = 10  # the few-shot probe: 10 real labelled images per class

@@ -6,9 +6,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from factory.config import load_params, study_path, train_generator_config
-from factory.generators.embedded import train_generator
-from factory.shards import write_json
-from factory.stage import run_stage
+from factory.core.files import write_json
+from factory.core.stage import run_stage
+from factory.train.generator import train_generator
 
 OUT, METRICS = "models/generator", Path("metrics/train_generator.json")
 

@@ -31,7 +31,7 @@ def imagenette() -> Path:
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Path:
     """sklearn digits ingested once per session (read-only for tests)."""
-    from factory.ingest import ingest
+    from factory.data.ingest import ingest
 
     out = tmp_path_factory.mktemp("digits") / "digits"
     ingest("sklearn:digits", out, shard_size=500)
@@ -40,7 +40,7 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_split(tmp_path_factory, digits) -> tuple[Path, Path]:
-    from factory.ingest import split
+    from factory.data.ingest import split
 
     root = tmp_path_factory.mktemp("digits_split")
     split(digits, root / "train", root / "test", test_fraction=0.2, seed=0)

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from factory.bias import attribute_correlation, consistency_mask, majority_attribute, make_bias_splits, split_accuracy
-from factory.shards import Dataset
+from factory.core.shards import Dataset
+from factory.measure.bias import (
+    attribute_correlation,
+    consistency_mask,
+    majority_attribute,
+    make_bias_splits,
+    split_accuracy,
+)
 
 
 def test_bias_splits_tie_colour_to_class_in_train_only(tmp_path):

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from factory.classifier import ClassifierConfig, build_classifier, train_classifier
-from factory.errors import FactoryError
-from factory.pools import Component, PoolSpec, build_pool
+from factory.core.errors import FactoryError
+from factory.data.pools import Component, PoolSpec, build_pool
+from factory.train.classifier import ClassifierConfig, build_classifier, train_classifier
 
 
 class FakeLive:

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli import cli
-from factory.shards import Dataset
+from factory.cli.main import cli
+from factory.core.shards import Dataset
 
 
 def run(*args):
@@ -72,9 +72,10 @@ def test_verify_reports_missing_truncated_and_extra_shards(digits, tmp_path):
 
 def test_verify_catches_corrupt_image_with_matching_index(tmp_path):
     """A shard re-hashed after corruption (index agrees) still fails: images are decoded."""
-    from factory.sample import real_sample
-    from factory.shards import DatasetWriter, Sample
     import io
+
+    from factory.core.sample import Sample, real_sample
+    from factory.core.shards import DatasetWriter
 
     buf = io.BytesIO()
     Image.new("L", (8, 8), 3).save(buf, format="PNG")

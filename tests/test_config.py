@@ -1,7 +1,7 @@
 import pytest
 
 from factory.config import Params, load_params
-from factory.errors import FactoryError
+from factory.core.errors import FactoryError
 
 
 def test_repo_params_load():

@@ -8,21 +8,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from factory.contrastive import (
+from factory.core.errors import FactoryError
+from factory.data.augment import augment
+from factory.measure.probes import linear_probe
+from factory.train.contrastive import (
     METHODS,
     ContrastiveConfig,
     ContrastiveEncoder,
-    augment,
     clip_loss,
-    linear_probe,
     load_encoder,
     multi_positive_loss,
     save_encoder,
     simclr_loss,
     train_contrastive,
 )
-from factory.errors import FactoryError
-from factory.recognition import images_to_tensor
+from factory.train.reference import images_to_tensor
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 N_TRAIN = 300  # images the encoders see
@@ -271,7 +271,7 @@ def test_train_contrastive_input_errors(data):
 
 
 def test_few_shot_indices_are_stratified_and_seeded():
-    from factory.contrastive import few_shot_indices
+    from factory.measure.probes import few_shot_indices
 
     y = torch.tensor([0] * 20 + [1] * 5 + [2] * 30)
     idx = few_shot_indices(y, 10, seed=0)

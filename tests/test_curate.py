@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli import cli
-from factory.curate import CurateConfig, FilterConfig, curate
-from factory.dedup import DedupConfig
-from factory.prompts import AttributeAxis, PlanConfig, build_plan, write_plan
-from factory.sample import synthetic_sample
-from factory.shards import Dataset, DatasetWriter
+from factory.cli.main import cli
+from factory.core.sample import synthetic_sample
+from factory.core.shards import Dataset, DatasetWriter
+from factory.curate.dedup import DedupConfig
+from factory.curate.filter import CurateConfig, FilterConfig, curate
+from factory.generate.plans import AttributeAxis, PlanConfig, build_plan, write_plan
 
 GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "scheduler": "ddim", "steps": 20,
        "guidance_scale": 2.0, "negative_guidance": None, "height": 8, "width": 8, "dtype": "float32"}
@@ -21,7 +21,7 @@ GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "schedul
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory, digits_split):
-    from factory.scoring import ClipTrainConfig, train_clip
+    from factory.train.clip import ClipTrainConfig, train_clip
 
     out = tmp_path_factory.mktemp("clip") / "clip"
     cfg = ClipTrainConfig(vision_width=64, vision_layers=2, vision_head_width=32, embed_dim=32, text_width=64,
@@ -32,7 +32,7 @@ def clip_dir(tmp_path_factory, digits_split):
 
 @pytest.fixture(scope="module")
 def scorer(clip_dir):
-    from factory.scoring import load_scorer
+    from factory.curate.scorers import load_scorer
 
     return load_scorer("embedded", clip_dir)
 
@@ -150,9 +150,9 @@ def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
 
 
 def test_audit_recovers_colour_distribution(tmp_path):
-    from factory.audit import audit
-    from factory.ingest import ingest
-    from factory.sources import PALETTE
+    from factory.curate.audit import audit
+    from factory.data.ingest import ingest
+    from factory.data.sources import PALETTE
 
     ingest("sklearn:digits-colored?bias=0.7&seed=2", tmp_path / "c")
     result = audit(tmp_path / "c")
@@ -169,10 +169,11 @@ def test_audit_recovers_colour_distribution(tmp_path):
 def test_audit_clip_zero_shot_recovers_colour_distribution(tmp_path):
     """CLIP path: an embedded CLIP trained on coloured digits (captions name the colour) measures the
     colour of every image; its per-class distribution matches the ground truth in provenance."""
-    from factory.audit import audit
-    from factory.ingest import ingest, split
-    from factory.scoring import ClipTrainConfig, load_scorer, train_clip
-    from factory.sources import PALETTE
+    from factory.curate.audit import audit
+    from factory.curate.scorers import load_scorer
+    from factory.data.ingest import ingest, split
+    from factory.data.sources import PALETTE
+    from factory.train.clip import ClipTrainConfig, train_clip
 
     ingest("sklearn:digits-colored?bias=0.5&seed=3", tmp_path / "c")
     split(tmp_path / "c", tmp_path / "train", tmp_path / "test", test_fraction=0.3, seed=0)

@@ -11,13 +11,21 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-import factory.dataset_metrics as dm
-from factory.dataset_metrics import (
-    ClipFeatures, InceptionFeatures, attribute_balance, class_balance, class_metrics, evaluate_dataset, extract,
-    feature_extractor, feature_metrics, frechet_distance, knn_radii, prdc)
-from factory.errors import FactoryError
-from factory.sample import synthetic_sample
-from factory.shards import Dataset, DatasetWriter
+import factory.measure.metrics as dm
+from factory.core.errors import FactoryError
+from factory.core.sample import synthetic_sample
+from factory.core.shards import Dataset, DatasetWriter
+from factory.measure.dataset_eval import evaluate_dataset
+from factory.measure.features import ClipFeatures, InceptionFeatures, extract, feature_extractor
+from factory.measure.metrics import (
+    attribute_balance,
+    class_balance,
+    class_metrics,
+    feature_metrics,
+    frechet_distance,
+    knn_radii,
+    prdc,
+)
 
 GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "scheduler": "ddim", "steps": 20,
        "guidance_scale": 2.0, "negative_guidance": None, "height": 8, "width": 8, "dtype": "float32"}
@@ -260,7 +268,8 @@ def test_feature_extractor_kinds(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip_features(tmp_path_factory, digits_split):
-    from factory.scoring import ClipTrainConfig, load_scorer, train_clip
+    from factory.curate.scorers import load_scorer
+    from factory.train.clip import ClipTrainConfig, train_clip
 
     out = tmp_path_factory.mktemp("clip-metrics") / "clip"
     cfg = ClipTrainConfig(vision_width=32, vision_layers=1, vision_head_width=16, embed_dim=16, text_width=32,
@@ -305,7 +314,7 @@ def test_extract_streams_features_labels_and_attributes(clip_features, bad_synth
 
 
 def test_evaluate_dataset_real_vs_degraded(clip_features, digits_split, bad_synthetic):
-    from factory.recognition import train_reference_classifier
+    from factory.measure.recognition import train_reference_classifier
 
     train, test = digits_split
     clf, _ = train_reference_classifier(train, epochs=3, seed=0)

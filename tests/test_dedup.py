@@ -7,14 +7,23 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli import FactoryGroup
-from factory.dedup import (DedupConfig, Pairs, default_max_distance, find_duplicates, hamming,
-                           hamming_pairs, hamming_pairs_bruteforce, hex_from_words, image_hash_hex,
-                           plan_blocks, semantic_pairs, words_from_hex)
-from factory.dedup_cli import dedup_command
-from factory.errors import FactoryError
-from factory.sample import Sample, real_sample
-from factory.shards import Dataset, DatasetWriter
+from factory.cli.dedup import dedup_command
+from factory.cli.main import FactoryGroup
+from factory.core.errors import FactoryError
+from factory.core.sample import Sample, real_sample
+from factory.core.shards import Dataset, DatasetWriter
+from factory.curate.dedup import DedupConfig, default_max_distance, find_duplicates
+from factory.curate.hashing import (
+    Pairs,
+    hamming,
+    hamming_pairs,
+    hamming_pairs_bruteforce,
+    hex_from_words,
+    image_hash_hex,
+    plan_blocks,
+    semantic_pairs,
+    words_from_hex,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The Hamming search equals brute force

@@ -20,11 +20,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from factory.errors import FactoryError  # noqa: E402
-from factory.generators.base import SCHEDULERS, GenRequest, SamplerConfig  # noqa: E402
-from factory.generators.diffusers_backend import (  # noqa: E402
-    DiffusersGenerator, resolve_pipeline_folder, weights_sha256)
-from factory.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
+from factory.core.errors import FactoryError  # noqa: E402
+from factory.core.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
+from factory.generate.backends.base import SCHEDULERS, GenRequest, SamplerConfig  # noqa: E402
+from factory.generate.backends.diffusers import DiffusersGenerator, resolve_pipeline_folder, weights_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_sd import build_tiny_sd, build_tiny_tokenizer  # noqa: E402

@@ -13,12 +13,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from factory.errors import FactoryError  # noqa: E402
-from factory.generators.base import GenRequest, SamplerConfig  # noqa: E402
-from factory.generators.embedded import (  # noqa: E402
-    EmbeddedGenerator, EmbeddedTrainConfig, train_generator)
-from factory.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
-from factory.shards import Dataset  # noqa: E402
+from factory.core.errors import FactoryError  # noqa: E402
+from factory.core.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
+from factory.core.shards import Dataset  # noqa: E402
+from factory.generate.backends.base import GenRequest, SamplerConfig  # noqa: E402
+from factory.generate.backends.embedded import EmbeddedGenerator
+from factory.train.generator import EmbeddedTrainConfig, train_generator
 
 # A tiny 3-level UNet (68k parameters) at the default 16x16: a few seconds to train on 2 cores.
 TINY = EmbeddedTrainConfig(block_out_channels=(8, 16, 16), norm_num_groups=4, steps=12, batch_size=32,
@@ -39,7 +39,7 @@ def req(i: int, label: int | None = None, seed: int | None = None, **attrs: str)
 
 @pytest.fixture(scope="module")
 def digits_ds(tmp_path_factory) -> Path:
-    from factory.ingest import ingest
+    from factory.data.ingest import ingest
 
     out = tmp_path_factory.mktemp("emb-digits") / "digits"
     ingest("sklearn:digits", out, overwrite=True)
@@ -48,7 +48,7 @@ def digits_ds(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def colored_ds(tmp_path_factory) -> Path:
-    from factory.ingest import ingest
+    from factory.data.ingest import ingest
 
     out = tmp_path_factory.mktemp("emb-colored") / "colored"
     ingest("sklearn:digits-colored?bias=0.9", out, overwrite=True)
@@ -239,8 +239,13 @@ def test_attribute_conditioning_with_colour_data(colored_model_dir, colored_ds):
 
 
 def test_recognition_of_real_images_matches_accuracy(digits_ds, tmp_path):
-    from factory.recognition import (accuracy, load_reference_classifier, recognition,
-                                     save_reference_classifier, train_reference_classifier)
+    from factory.measure.recognition import (
+        accuracy,
+        load_reference_classifier,
+        recognition,
+        save_reference_classifier,
+        train_reference_classifier,
+    )
 
     model, info = train_reference_classifier(digits_ds, epochs=2, seed=0)
     assert info["mode"] == "L" and info["steps"] > 0 and 0 <= info["train_accuracy"] <= 1

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import cli
-from factory.errors import FactoryError
-from factory.generate import GenerateConfig, GeneratorSpec, generate
-from factory.generators.base import SamplerConfig
-from factory.inspection import verify
-from factory.prompts import AttributeAxis, PlanConfig, build_plan, write_plan
-from factory.shards import Dataset
+from factory.cli.main import cli
+from factory.core.errors import FactoryError
+from factory.core.shards import Dataset
+from factory.data.inspection import verify
+from factory.generate.backends.base import SamplerConfig
+from factory.generate.plans import AttributeAxis, PlanConfig, build_plan, write_plan
+from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
 
 
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory, digits_split):
-    from factory.generators.embedded import EmbeddedTrainConfig, train_generator
+    from factory.train.generator import EmbeddedTrainConfig, train_generator
 
     out = tmp_path_factory.mktemp("gen") / "generator"
     cfg = EmbeddedTrainConfig(image_size=8, block_out_channels=(8, 16), norm_num_groups=4, steps=15,
@@ -82,9 +82,9 @@ def test_same_inputs_same_bytes(reference, tiny_generator, plan_file, tmp_path):
 def test_kill_and_resume_gives_identical_dataset(reference, tiny_generator, plan_file, tmp_path):
     out = tmp_path / "raw"
     script = textwrap.dedent(f"""
-        from factory.generate import GenerateConfig, GeneratorSpec, generate
-        from factory.generators.base import SamplerConfig
-        import time, factory.generate as g
+        from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
+        from factory.generate.backends.base import SamplerConfig
+        import time, factory.generate.tasks as g
         original = g.run_task
         def slow(*a, **k):
             info = original(*a, **k)
@@ -125,7 +125,7 @@ def test_stale_work_for_other_inputs_is_discarded(reference, tiny_generator, pla
 
 def test_ray_executor_equals_local(reference, tiny_generator, plan_file, tmp_path):
     pytest.importorskip("ray")
-    from factory.generate import RayConfig
+    from factory.generate.tasks import RayConfig
 
     cfg = config(tiny_generator, executor="ray", ray=RayConfig(num_cpus=2))
     generate(plan_file, tmp_path / "ray", cfg)
@@ -175,7 +175,6 @@ def test_bad_inputs_fail_before_generating(tiny_generator, plan_file, tmp_path, 
 def test_diffusers_backend_through_generate_and_regenerate(tmp_path, digits_split):
     """The production path end to end: a tiny random SD pipeline saved to a folder, loaded back."""
     import torch
-
     from tiny_sd import build_tiny_sd
 
     threads = torch.get_num_threads()

@@ -1,5 +1,4 @@
 import hashlib
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -7,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.errors import FactoryError
-from factory.ingest import ingest, split, stratified_test_keys
-from factory.inspection import verify
-from factory.shards import Dataset
+from factory.core.errors import FactoryError
+from factory.core.shards import Dataset
+from factory.data.ingest import ingest, split, stratified_test_keys
+from factory.data.inspection import verify
 
 
 def test_sklearn_digits(digits):
@@ -137,7 +136,7 @@ def test_bad_sources(spec, match, tmp_path):
 def test_colored_digits_bias(tmp_path):
     ingest("sklearn:digits-colored?bias=0.8&seed=1", tmp_path / "c")
     ds = Dataset(tmp_path / "c")
-    from factory.sources import PALETTE
+    from factory.data.sources import PALETTE
 
     agree = Counter()
     for s in ds:

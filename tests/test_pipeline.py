@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.inspection import verify
-from factory.shards import Dataset
+from factory.core.shards import Dataset
+from factory.data.inspection import verify
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from factory.errors import FactoryError
-from factory.loader import PoolStream, load_pool_tensors, make_loader
-from factory.pools import Component, PoolSpec, build_pool, read_pool, write_pool
-from factory.shards import Dataset
+from factory.core.errors import FactoryError
+from factory.core.shards import Dataset
+from factory.data.loader import PoolStream, load_pool_tensors, make_loader
+from factory.data.pools import Component, PoolSpec, build_pool, read_pool, write_pool
 
 
 def pool_of(name, *components, seed=0):
@@ -112,7 +112,7 @@ def test_workers_split_the_pool_without_duplicates(digits_split):
 
 
 def test_load_pool_tensors_and_augmentation(digits_split):
-    from factory.loader import standard_augmentation
+    from factory.data.loader import standard_augmentation
 
     train, _ = digits_split
     pool = pool_of("p", Component(str(train), per_class=2))

@@ -3,10 +3,10 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import cli
-from factory.errors import FactoryError
-from factory.prompts import (AttributeAxis, PlanConfig, build_plan, largest_remainder, read_plan, row_seed,
-                             write_plan)
+from factory.cli.main import cli
+from factory.core.errors import FactoryError
+from factory.core.quota import largest_remainder
+from factory.generate.plans import AttributeAxis, PlanConfig, build_plan, read_plan, row_seed, write_plan
 
 CLASSES = [str(i) for i in range(10)]
 COLOR = AttributeAxis.make("color", ["red", "green", "blue"], [3, 1, 1])

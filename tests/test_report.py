@@ -2,7 +2,7 @@
 
 import json
 
-from factory.report import fraction_rows, load_metrics, render, to_html
+from factory.measure.report import fraction_rows, load_metrics, render, to_html
 
 
 def write(path, obj):

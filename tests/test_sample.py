@@ -3,9 +3,17 @@ import io
 import pytest
 from PIL import Image
 
-from factory.errors import FactoryError
-from factory.sample import (SAMPLE_SCHEMA, image_ext, real_sample, sanitize_key, sha256_hex,
-                            synthetic_sample, validate_record, with_updates)
+from factory.core.errors import FactoryError
+from factory.core.sample import (
+    SAMPLE_SCHEMA,
+    image_ext,
+    real_sample,
+    sanitize_key,
+    sha256_hex,
+    synthetic_sample,
+    validate_record,
+    with_updates,
+)
 
 
 def png(color=128, size=(8, 8), mode="L") -> bytes:

@@ -20,12 +20,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from factory.errors import FactoryError  # noqa: E402
-from factory.scoring import (  # noqa: E402
-    MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME, CaptionTokenizer, ClipTrainConfig, EmbeddedScorer, OpenClipScorer,
-    _production_preprocess, class_prompts, dataset_class_scores, learning_rate, load_scorer, margins,
-    mismatch_auc, resolve_class_words, shift_images, train_clip, zero_shot_accuracy)
-from factory.shards import Dataset, DatasetWriter  # noqa: E402
+from factory.core.errors import FactoryError  # noqa: E402
+from factory.core.shards import Dataset, DatasetWriter  # noqa: E402
+from factory.curate.scorers import load_scorer
+from factory.curate.scorers.base import class_prompts, dataset_class_scores, margins, mismatch_auc, zero_shot_accuracy
+from factory.curate.scorers.embedded import (
+    MANIFEST_NAME,
+    VOCAB_NAME,
+    WEIGHTS_NAME,
+    CaptionTokenizer,
+    EmbeddedScorer,
+    resolve_class_words,
+)
+from factory.curate.scorers.openclip import OpenClipScorer, _production_preprocess
+from factory.train.clip import ClipTrainConfig, learning_rate, shift_images, train_clip
 
 # A tiny CLIP (about 25k parameters plus the vocabulary): trains for a few steps in about a second.
 TINY = ClipTrainConfig(vision_width=32, vision_layers=1, vision_head_width=16, embed_dim=16, text_width=32,
@@ -51,7 +59,7 @@ def small(tmp_path_factory, digits) -> Path:
 
 @pytest.fixture(scope="module")
 def colored(tmp_path_factory) -> Path:
-    from factory.sources import colored_digits_source
+    from factory.data.sources import colored_digits_source
 
     return subset(colored_digits_source(bias=0.9), tmp_path_factory.mktemp("clip-colored") / "colored", 120)
 
@@ -408,7 +416,7 @@ def test_production_without_preprocessing_settings_uses_open_clip_defaults_loudl
     name, ckpt = tiny_checkpoint
     bare = tmp_path / "bare.pt"
     bare.write_bytes(ckpt.read_bytes())
-    with caplog.at_level(logging.WARNING, logger="factory.scoring"):
+    with caplog.at_level(logging.WARNING, logger="factory.curate.scorers.openclip"):
         sc = load_scorer("open_clip", name, bare)
     assert "open_clip's defaults" in caplog.text
     d = sc.describe()

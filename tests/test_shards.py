@@ -7,9 +7,10 @@ import textwrap
 import pytest
 from PIL import Image
 
-from factory.errors import DatasetError, FactoryError
-from factory.sample import real_sample
-from factory.shards import INDEX_NAME, Dataset, DatasetWriter, file_sha256
+from factory.core.errors import DatasetError, FactoryError
+from factory.core.files import file_sha256
+from factory.core.sample import real_sample
+from factory.core.shards import INDEX_NAME, Dataset, DatasetWriter
 
 
 def make_samples(n, classes=("a", "b", "c")):
@@ -110,8 +111,8 @@ def test_kill_during_write_leaves_no_final_shard_or_index(tmp_path):
     script = textwrap.dedent(f"""
         import io, os, signal, sys
         from PIL import Image
-        from factory.sample import real_sample
-        from factory.shards import DatasetWriter
+        from factory.core.sample import real_sample
+        from factory.core.shards import DatasetWriter
         def gen():
             for i in range(1000):
                 if i == 25:

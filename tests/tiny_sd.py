@@ -89,8 +89,7 @@ def build_tiny_sd(path: Path, seed: int = 0, scheduler: str = "pndm") -> Path:
     ``scheduler`` is the pipeline's own scheduler (``"pndm"`` as in SD 1.x, or ``"ddim"``);
     the backend swaps it for the one its sampler config asks for anyway. Returns ``path``.
     """
-    from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)

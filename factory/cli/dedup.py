@@ -1,0 +1,87 @@
+"""``factory dedup``: near-duplicates within a dataset, leaks into a test split, memorisation of a
+train split. Registered on the main group with ``cli.add_command(dedup_command, "dedup")``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("dedup")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--against", multiple=True, type=click.Path(path_type=Path),
+              help="Drop every sample that nearly matches a sample of this dataset (the real TEST split: "
+                   "leaks are always dropped). Repeatable.")
+@click.option("--report-against", multiple=True, type=click.Path(path_type=Path),
+              help="Only report matches with this dataset (the real TRAIN split: memorisation rate); "
+                   "drops nothing. Repeatable.")
+@click.option("--hash", "hash_name", default="phash", show_default=True, help="phash, dhash or whash.")
+@click.option("--hash-size", default=8, show_default=True, type=int,
+              help="Hash side: the hash has hash-size x hash-size bits.")
+@click.option("--max-distance", default=None, type=int,
+              help="Largest Hamming distance that counts as a near-duplicate "
+                   "[default: 8 for 8x8 hashes, 48 for 16x16].")
+@click.option("--report", "report_file", default=None, type=click.Path(path_type=Path),
+              help="Write the full report (pairs, clusters, removed keys, summary) to this JSON file.")
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
+              help="Write a new dataset here without the removed samples.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it already holds a dataset.")
+@click.option("--fail-on-duplicates", is_flag=True, help="Exit 1 if any pair is found.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def dedup_command(dataset: Path, against: tuple[Path, ...], report_against: tuple[Path, ...], hash_name: str,
+                  hash_size: int, max_distance: int | None, report_file: Path | None, out_dir: Path | None,
+                  overwrite: bool, fail_on_duplicates: bool, as_json: bool) -> None:
+    """Find near-duplicates in DATASET, and its near-copies of other datasets.
+
+    Within DATASET, each cluster of near-duplicates keeps its first sample by sorted key. Every
+    sample that nearly matches an --against dataset is removed (a synthetic image close to a test
+    image must never reach a training pool). --report-against only counts matches (memorisation).
+    --out writes the dataset without the removed samples; --report writes every pair.
+
+    \b
+    Example: factory dedup data/synthetic/raw --against data/real/test \\
+               --report-against data/real/train --out data/synthetic/dedup --report reports/dedup.json
+    """
+    from factory.cli.main import progress
+    from factory.core.errors import FactoryError
+    from factory.core.shards import check_output_dir
+    from factory.curate.dedup import DedupConfig, find_duplicates, write_clean
+
+    config = DedupConfig(hash=hash_name, hash_size=hash_size, max_distance=max_distance)
+    if out_dir is not None:  # fail before hashing, not after
+        if out_dir.resolve() == dataset.resolve():
+            raise FactoryError(f"--out {out_dir}: must differ from DATASET")
+        check_output_dir(out_dir, overwrite)
+    report = find_duplicates(dataset, against=against, report_against=report_against, config=config,
+                             progress=progress)
+    if report_file is not None:
+        report.write(report_file)
+    if out_dir is not None:
+        meta = {"dedup": {"from": str(dataset), "hash": config.hash, "hash_size": config.hash_size,
+                          "max_distance": config.distance, "against": [str(p) for p in against],
+                          "removed": len(report.removed)}}
+        write_clean(dataset, report.removed, out_dir, overwrite=overwrite, meta=meta, progress=progress)
+
+    s = report.summary
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        w = s["within"]
+        click.echo(f"{dataset}: {s['samples']} samples, {config.hash} {config.hash_size}x{config.hash_size} "
+                   f"(max distance {config.distance})")
+        click.echo(f"  within: {w['pairs']} pairs in {w['clusters']} clusters -> {w['removed']} removed")
+        for c in s["cross"]:
+            what = "removed (leaks)" if c["role"] == "against" else "reported (memorisation)"
+            click.echo(f"  {'against' if c['role'] == 'against' else 'report-against'} {c['dataset']}: "
+                       f"{c['pairs']} pairs, {c['matched']} samples match ({c['rate']:.2%}) -> {what}")
+        if s["memorization_rate"] is not None:
+            click.echo(f"  memorisation rate: {s['memorization_rate']:.2%}")
+        click.echo(f"  removed {s['removed']}, kept {s['kept']}"
+                   + (f" -> {out_dir}" if out_dir is not None else ""))
+        if report_file is not None:
+            click.echo(f"  report: {report_file}")
+    if fail_on_duplicates and report.pairs:
+        sys.exit(1)

@@ -1,0 +1,309 @@
+"""Curation: decide, sample by sample, what enters a curated synthetic dataset, and say why.
+
+Three steps, each a reason a sample can be left out:
+
+1. **semantic mismatch** (CLIP): the image's score against its own prompt (``clip``) and its margin
+   (own-class prompt minus the best other class, ``clip_margin``). Thresholds are calibrated on REAL
+   images by default (a low percentile of real matched scores and margins), or set explicitly.
+2. **near-duplicates and leaks** (:mod:`factory.curate.dedup`): one sample per near-duplicate cluster is kept;
+   every sample that nearly copies a real TEST image is dropped (a leak); matches with the real TRAIN
+   split (memorisation) are reported, and dropped only when asked.
+3. **rebalancing**: survivors are subsampled to the plan's exact target quota per class x attribute
+   cell (the plan may be oversized with ``plan.oversample``); cells that fell short are reported.
+
+Kept samples get ``scores`` and ``decision`` in their provenance; the others go to a rejected dataset
+with the same fields and their reason. Counts per class and reason go to the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from factory.core.errors import FactoryError
+from factory.core.files import atomic_write_bytes
+from factory.core.sample import Sample, with_updates
+from factory.core.shards import Dataset, DatasetWriter, check_output_dir
+from factory.curate.dedup import DedupConfig, find_duplicates
+from factory.curate.scorers.base import Scorer, class_prompts, margins
+from factory.generate.plans import Plan, read_plan
+
+log = logging.getLogger(__name__)
+
+REASONS = ("low_clip_score", "low_clip_margin", "leak", "near_duplicate", "memorized", "over_quota")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_score: float | None = None  # None: calibrate on real data
+    min_margin: float | None = None  # None: calibrate on real data
+    percentile: float = 5.0  # calibration: this percentile of real matched scores / margins
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.percentile < 100.0:
+            raise FactoryError(f"curate.percentile must be in [0, 100); got {self.percentile}")
+        for name in ("min_score", "min_margin"):
+            v = getattr(self, name)
+            if v is not None and not -2.0 <= v <= 2.0:
+                raise FactoryError(f"curate.{name} is a cosine (difference) in [-2, 2]; got {v}")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    filter: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    deduplicate: bool = True  # False: the semantic-mismatch filter alone (factory filter)
+    semantic_dedup: bool = False  # also pair images whose CLIP embeddings have cosine >= threshold
+    drop_memorized: bool = False
+    rebalance: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Thresholds:
+    min_score: float
+    min_margin: float
+    calibrated_on: str | None = None
+    percentile: float | None = None
+    real: dict[str, Any] = field(default_factory=dict)
+
+
+def _own_text(scorer: Scorer, sample: Sample) -> str:
+    """The text an image is scored against: its own prompt. The embedded scorer knows only the
+    vocabulary of its caption templates, so it renders the prompt's class and attributes its way."""
+    from factory.curate.scorers.embedded import EmbeddedScorer
+
+    prompt = sample.provenance.get("prompt") or {}
+    attrs = sample.provenance.get("attributes") or prompt.get("attributes") or None
+    if isinstance(scorer, EmbeddedScorer):  # judge only the attributes the scorer was trained on
+        known = scorer.attributes
+        attrs = {a: v for a, v in (attrs or {}).items() if str(v) in known.get(a, ())} or None
+        return scorer.caption(sample.provenance["class_name"], attrs)
+    return prompt.get("text") or scorer.class_prompts([sample.provenance["class_name"]], attrs)[0]
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for s in samples:
+        batch.append(s)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def score_samples(scorer: Scorer, dataset: Dataset, batch_size: int = 256,
+                  progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None
+                  ) -> Iterator[tuple[Sample, float, float]]:
+    """(sample, clip, clip_margin) for every sample, streaming batch by batch."""
+    text_emb = scorer.embed_texts(class_prompts(scorer, dataset.classes))
+    samples: Iterable[Sample] = dataset if progress is None else progress(dataset)
+    for batch in _batches(samples, batch_size):
+        images = [s.pil() for s in batch]
+        img = scorer.embed_images(images)
+        own = np.sum(img * scorer.embed_texts([_own_text(scorer, s) for s in batch]), axis=1)
+        marg = margins(img @ text_emb.T, [s.label for s in batch])
+        for s, c, m in zip(batch, own.tolist(), marg.tolist()):
+            yield s, float(c), float(m)
+
+
+def calibrate(scorer: Scorer, real: Dataset, percentile: float, batch_size: int = 256) -> Thresholds:
+    """Thresholds from REAL images: the ``percentile``-th percentile of their matched class-prompt
+    scores and of their margins. By construction about ``percentile`` % of real images fall below each."""
+    text_emb = scorer.embed_texts(class_prompts(scorer, real.classes))
+    own_all, marg_all = [], []
+    for batch in _batches(real, batch_size):
+        img = scorer.embed_images([s.pil() for s in batch])
+        scores = img @ text_emb.T
+        labels = np.array([s.label for s in batch])
+        own_all.append(scores[np.arange(len(batch)), labels])
+        marg_all.append(margins(scores, labels))
+    own, marg = np.concatenate(own_all), np.concatenate(marg_all)
+    return Thresholds(float(np.percentile(own, percentile)), float(np.percentile(marg, percentile)),
+                      str(real.path), percentile,
+                      {"samples": int(len(own)), "clip_mean": round(float(own.mean()), 4),
+                       "clip_margin_mean": round(float(marg.mean()), 4),
+                       "flagged_rate": round(float(np.mean((own < np.percentile(own, percentile)) |
+                                                           (marg < np.percentile(marg, percentile)))), 4)})
+
+
+def resolve_thresholds(scorer: Scorer, cfg: FilterConfig, calibrate_on: Path | str | None) -> Thresholds:
+    if cfg.min_score is not None and cfg.min_margin is not None:
+        return Thresholds(cfg.min_score, cfg.min_margin)
+    if calibrate_on is None:
+        raise FactoryError("thresholds need calibration data: give a real dataset to calibrate on, "
+                           "or set both min_score and min_margin")
+    t = calibrate(scorer, Dataset(calibrate_on), cfg.percentile, cfg.batch_size)
+    return Thresholds(cfg.min_score if cfg.min_score is not None else t.min_score,
+                      cfg.min_margin if cfg.min_margin is not None else t.min_margin,
+                      t.calibrated_on, t.percentile, t.real)
+
+
+def _rank(seed: int, key: str) -> bytes:
+    return hashlib.sha256(f"{seed}/{key}".encode()).digest()
+
+
+def _cell(attrs: dict[str, Any] | None) -> str:
+    return json.dumps(attrs or {}, sort_keys=True)
+
+
+def rebalance(survivors: dict[str, tuple[str, dict[str, Any]]], plan: Plan, seed: int
+              ) -> tuple[set[str], list[dict[str, Any]]]:
+    """Keys to drop so that each class x cell holds exactly its target quota (where enough survived),
+    chosen by a seeded hash of the key (deterministic, independent of order); plus the shortfalls."""
+    target = plan.header["target"]
+    by_cell: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for key, (cls, attrs) in survivors.items():
+        by_cell[(cls, _cell(attrs))].append(key)
+    drop: set[str] = set()
+    short: list[dict[str, Any]] = []
+    for cls in plan.header["plan_classes"]:
+        for cell in target["cells"]:
+            quota = int(cell["per_class"])
+            keys = sorted(by_cell.get((cls, _cell(cell["attributes"])), []), key=lambda k: _rank(seed, k))
+            drop.update(keys[quota:])
+            if len(keys) < quota:
+                short.append({"class": cls, "attributes": cell["attributes"], "target": quota, "kept": len(keys)})
+    return drop, short
+
+
+@dataclass
+class CurateResult:
+    report: dict[str, Any]
+    kept: int
+    rejected: int
+
+
+def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateConfig = CurateConfig(),
+           calibrate_on: Path | str | None = None, test: Iterable[Path | str] = (),
+           train: Iterable[Path | str] = (), plan: Path | str | None = None,
+           rejected_dir: Path | str | None = None, report_path: Path | str | None = None,
+           overwrite: bool = False, progress: Callable | None = None) -> CurateResult:
+    """Curate ``raw`` into ``out_dir``. ``test``: real held-out splits (matches are leaks, always
+    dropped); ``train``: real training splits (matches are memorisation, reported; dropped with
+    ``cfg.drop_memorized``); ``plan``: rebalance survivors to its target quotas."""
+    ds = Dataset(raw)
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite)
+    if rejected_dir is not None:
+        check_output_dir(Path(rejected_dir), overwrite)
+    the_plan = read_plan(plan) if plan is not None else None
+    thresholds = resolve_thresholds(scorer, cfg.filter, calibrate_on)
+    log.info("thresholds: clip >= %.4f, margin >= %.4f", thresholds.min_score, thresholds.min_margin)
+
+    # 1. semantic mismatch: one streaming pass, small per-key records
+    scores: dict[str, tuple[float, float]] = {}
+    info: dict[str, tuple[str, dict[str, Any]]] = {}
+    reason: dict[str, str] = {}
+    for s, clip, margin in score_samples(scorer, ds, cfg.filter.batch_size):
+        scores[s.key] = (clip, margin)
+        info[s.key] = (s.provenance["class_name"], s.provenance.get("attributes") or {})
+        if clip < thresholds.min_score:
+            reason[s.key] = "low_clip_score"
+        elif margin < thresholds.min_margin:
+            reason[s.key] = "low_clip_margin"
+
+    # 2. near-duplicates, leaks, memorisation
+    test, train = [Path(p) for p in test], [Path(p) for p in train]
+    memorized: set[str] = set()
+    dedup_summary: dict[str, Any] | None = None
+    if cfg.deduplicate:
+        against = test + (train if cfg.drop_memorized else [])
+        dedup = find_duplicates(ds.path, against=against, report_against=[] if cfg.drop_memorized else train,
+                                config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None)
+        test_set, train_set = {str(p) for p in test}, {str(p) for p in train}
+        for pair in dedup.pairs:
+            if pair["b_dataset"] in test_set:
+                reason[pair["a"]] = "leak"  # a leak is always named, whatever else is wrong with it
+        for key in dedup.removed:
+            if key not in reason:
+                near = dedup.reasons.get(key, "").startswith("near-duplicate")
+                reason[key] = "near_duplicate" if near else "memorized"
+        memorized = {p["a"] for p in dedup.pairs if p["b_dataset"] in train_set}
+        dedup_summary = dedup.summary | {"config": {
+            "hash": cfg.dedup.hash, "hash_size": cfg.dedup.hash_size, "max_distance": cfg.dedup.distance,
+            "semantic_threshold": cfg.dedup.semantic_threshold if cfg.semantic_dedup else None}}
+
+    # 3. rebalance to the plan's exact quotas
+    shortfalls: list[dict[str, Any]] = []
+    if cfg.rebalance and the_plan is not None:
+        survivors = {k: v for k, v in info.items() if k not in reason}
+        drop, shortfalls = rebalance(survivors, the_plan, cfg.seed)
+        for k in drop:
+            reason[k] = "over_quota"
+
+    # 4. write kept and rejected samples with their scores and decision
+    rule = {"min_score": thresholds.min_score, "min_margin": thresholds.min_margin}
+    scorer_desc = scorer.describe()
+    meta = {**ds.meta, "curated_from": ds.ref(), "scorer": scorer_desc, "thresholds": rule}
+
+    def annotated(s: Sample) -> Sample:
+        clip, margin = scores[s.key]
+        r = reason.get(s.key)
+        decision = {"kept": r is None, "reason": r, **rule}
+        if s.key in memorized:
+            decision["memorized"] = True
+        return with_updates(s, scores={"clip": round(clip, 6), "clip_margin": round(margin, 6)}, decision=decision)
+
+    kept_w = DatasetWriter(out_dir, f"{ds.name}-curated", ds.classes, _shard_size(ds), meta, overwrite)
+    rej_w = (DatasetWriter(rejected_dir, f"{ds.name}-rejected", ds.classes, _shard_size(ds), meta, overwrite)
+             if rejected_dir is not None else None)
+    try:
+        for s in ds:
+            t = annotated(s)
+            if s.key not in reason:
+                kept_w.write(t)
+            elif rej_w is not None:
+                rej_w.write(t)
+        if rej_w is not None:
+            rej_w.close()
+        kept_index = kept_w.close()
+    except BaseException:
+        kept_w.abort()
+        if rej_w is not None:
+            rej_w.abort()
+        raise
+
+    # 5. the report
+    per_class: dict[str, Counter[str]] = defaultdict(Counter)
+    for key, (cls, _) in info.items():
+        per_class[cls][reason.get(key, "kept")] += 1
+    totals = Counter(reason.get(k, "kept") for k in info)
+    clip_all = np.array([v[0] for v in scores.values()])
+    report = {
+        "schema": "factory.curate/1",
+        "dataset": str(ds.path),
+        "out": str(out_dir),
+        "rejected_out": str(rejected_dir) if rejected_dir is not None else None,
+        "samples": len(info),
+        "kept": int(kept_index["samples"]),
+        "rejected": len(info) - int(kept_index["samples"]),
+        "reasons": {r: int(totals.get(r, 0)) for r in ("kept", *REASONS)},
+        "per_class": {c: {r: int(n) for r, n in sorted(cnt.items())} for c, cnt in per_class.items()},
+        "filter": {"thresholds": asdict(thresholds), "flagged_rate":
+                   round(sum(1 for r in reason.values() if r.startswith("low_clip")) / max(len(info), 1), 4),
+                   "clip_mean": round(float(clip_all.mean()), 4) if len(clip_all) else None},
+        "dedup": dedup_summary,
+        "leaks": sorted(k for k, r in reason.items() if r == "leak"),
+        "memorization_rate": round(len(memorized) / max(len(info), 1), 6) if train and cfg.deduplicate else None,
+        "rebalance": {"enabled": bool(cfg.rebalance and the_plan is not None), "shortfalls": shortfalls},
+        "scorer": scorer_desc,
+    }
+    if report_path is not None:
+        report_path = Path(report_path)
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(report_path, json.dumps(report, indent=2, sort_keys=False).encode() + b"\n")
+    return CurateResult(report, report["kept"], report["rejected"])
+
+
+def _shard_size(ds: Dataset) -> int:
+    return max((int(s["samples"]) for s in ds.shards), default=1) or 1

@@ -1,0 +1,245 @@
+"""Prompt plans: which images to make, with exact quotas per class x attribute cell.
+
+A plan is a JSONL file. Its first line is a header (``schema`` ``factory.plan/1``, the class list, the
+target distribution and the config that built it); every further line is one row, one image:
+``key``, ``label``, ``class_name``, ``group``, ``template``, ``attributes``, ``text``, ``seed``.
+
+Quotas are exact, not sampled: each class's images are allocated to the attribute cells (the product
+of the axes' values) by the largest-remainder method on the target weights. Inside a cell, images come
+in groups of ``images_per_prompt`` that share one prompt (StableRep's positives). A row's key and seed
+depend only on ``base.seed`` and the row's identity (class, cell, group, index in group), so growing a
+plan (more classes, more images) leaves existing rows' keys and seeds unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from factory.core.errors import FactoryError
+from factory.core.files import atomic_write_bytes
+from factory.core.quota import largest_remainder
+from factory.core.sample import sanitize_key
+
+PLAN_SCHEMA = "factory.plan/1"
+
+
+@dataclass(frozen=True)
+class AttributeAxis:
+    name: str
+    values: tuple[str, ...]
+    weights: tuple[float, ...]  # normalised to sum to 1
+
+    @classmethod
+    def make(cls, name: str, values: Sequence[str], weights: Sequence[float] | None = None) -> "AttributeAxis":
+        if not values:
+            raise FactoryError(f"plan.attributes.{name}: needs at least one value")
+        if len(set(values)) != len(values):
+            raise FactoryError(f"plan.attributes.{name}: values must be unique")
+        if weights is None:
+            weights = [1.0] * len(values)
+        if len(weights) != len(values):
+            raise FactoryError(f"plan.attributes.{name}: {len(weights)} weights for {len(values)} values")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise FactoryError(f"plan.attributes.{name}: weights must be >= 0 with a positive sum")
+        total = float(sum(weights))
+        return cls(name, tuple(str(v) for v in values), tuple(float(w) / total for w in weights))
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What to make. ``classes`` None means every class of the real dataset."""
+
+    images_per_class: int
+    images_per_prompt: int = 1
+    templates: tuple[str, ...] = ("a photo of a {class_name}",)
+    attributes: tuple[AttributeAxis, ...] = ()
+    classes: tuple[str, ...] | None = None
+    oversample: float = 1.0  # make this many times the target, so curation can subsample to it
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images_per_class <= 0:
+            raise FactoryError(f"plan.images_per_class must be > 0; got {self.images_per_class}")
+        if self.images_per_prompt <= 0:
+            raise FactoryError(f"plan.images_per_prompt must be > 0; got {self.images_per_prompt}")
+        if self.oversample < 1.0:
+            raise FactoryError(f"plan.oversample must be >= 1; got {self.oversample}")
+        if not self.templates:
+            raise FactoryError("plan.templates: needs at least one template")
+        allowed = {"class_name", *(a.name for a in self.attributes)}
+        for t in self.templates:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            except ValueError as exc:
+                raise FactoryError(f"plan.templates: bad template {t!r} ({exc})") from None
+            unknown = fields - allowed
+            if unknown:
+                raise FactoryError(f"plan.templates: {t!r} uses unknown field(s) {sorted(unknown)}; "
+                                   f"allowed: {sorted(allowed)}")
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise FactoryError("plan.attributes: axis names must be unique")
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    key: str
+    label: int
+    class_name: str
+    group: str
+    template: str
+    attributes: dict[str, str]
+    text: str
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    header: dict[str, Any]
+    rows: list[PlanRow] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.header["classes"])
+
+    def sha256(self) -> str:
+        return hashlib.sha256(plan_bytes(self)).hexdigest()
+
+
+
+
+def cells(axes: Sequence[AttributeAxis]) -> list[tuple[dict[str, str], float]]:
+    """Every combination of attribute values with its target probability (product of weights)."""
+    if not axes:
+        return [({}, 1.0)]
+    out = []
+    for combo in itertools.product(*[list(zip(a.values, a.weights)) for a in axes]):
+        attrs = {a.name: v for a, (v, _) in zip(axes, combo)}
+        p = 1.0
+        for _, w in combo:
+            p *= w
+        out.append((attrs, p))
+    return out
+
+
+def row_seed(base_seed: int, key: str) -> int:
+    digest = hashlib.sha256(f"{base_seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def _cell_id(attrs: Mapping[str, str]) -> str:
+    return "-".join(f"{k}_{v}" for k, v in attrs.items())
+
+
+def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str]) -> Plan:
+    """Expand a PlanConfig against the real dataset's class list into rows."""
+    if cfg.classes is None:
+        chosen = list(dataset_classes)
+    else:
+        unknown = [c for c in cfg.classes if c not in dataset_classes]
+        if unknown:
+            raise FactoryError(f"plan.classes: unknown class(es) {unknown}; the dataset has {list(dataset_classes)}")
+        chosen = [c for c in dataset_classes if c in set(cfg.classes)]  # label order
+    per_class = int(round(cfg.images_per_class * cfg.oversample))
+    cell_list = cells(cfg.attributes)
+    quotas = largest_remainder(per_class, [p for _, p in cell_list])
+    rows: list[PlanRow] = []
+    seen: set[str] = set()
+    for class_name in chosen:
+        label = list(dataset_classes).index(class_name)
+        for (attrs, _), quota in zip(cell_list, quotas):
+            cell = _cell_id(attrs)
+            for j in range((quota + cfg.images_per_prompt - 1) // cfg.images_per_prompt):
+                template = cfg.templates[j % len(cfg.templates)]
+                text = template.format(class_name=class_name, **attrs)
+                group = sanitize_key("-".join(filter(None, [class_name, cell, f"g{j:05d}"])))
+                for i in range(min(cfg.images_per_prompt, quota - j * cfg.images_per_prompt)):
+                    key = f"{group}-{i:02d}"
+                    if key in seen:
+                        raise FactoryError(f"plan: class/attribute names collide after sanitising (key {key!r})")
+                    seen.add(key)
+                    rows.append(PlanRow(key, label, class_name, group, template, dict(attrs), text,
+                                        row_seed(cfg.seed, key)))
+    header = {
+        "schema": PLAN_SCHEMA,
+        "classes": list(dataset_classes),
+        "plan_classes": chosen,
+        "images_per_class": per_class,
+        "target": {
+            "images_per_class": cfg.images_per_class,
+            "oversample": cfg.oversample,
+            "attributes": {a.name: dict(zip(a.values, a.weights)) for a in cfg.attributes},
+            "cells": [{"attributes": attrs, "share": p, "per_class": q}
+                      for (attrs, p), q in zip(cell_list, largest_remainder(cfg.images_per_class,
+                                                                            [p for _, p in cell_list]))],
+        },
+        "images_per_prompt": cfg.images_per_prompt,
+        "templates": list(cfg.templates),
+        "seed": cfg.seed,
+        "rows": len(rows),
+    }
+    return Plan(header, rows)
+
+
+def plan_bytes(plan: Plan) -> bytes:
+    lines = [json.dumps(plan.header, sort_keys=True)]
+    lines += [json.dumps(r.to_json(), sort_keys=True) for r in plan.rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_plan(plan: Plan, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, plan_bytes(plan))
+    return path
+
+
+def read_plan(path: Path | str) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise FactoryError(f"{path}: no such plan file")
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("schema") != PLAN_SCHEMA:
+        raise FactoryError(f"{path}: not a prompt plan (first line must be a {PLAN_SCHEMA} header)")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        try:
+            rows.append(PlanRow(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise FactoryError(f"{path}:{n}: bad plan row ({exc})") from None
+    if len(rows) != header.get("rows"):
+        raise FactoryError(f"{path}: header says {header.get('rows')} rows, file has {len(rows)}")
+    return Plan(header, rows)
+
+
+def count_table(plan: Plan) -> str:
+    """Counts per class x attribute cell, with the target share of each cell."""
+    cell_names = [_cell_id(c["attributes"]) or "(all)" for c in plan.header["target"]["cells"]]
+    counts: Counter[tuple[str, str]] = Counter((r.class_name, _cell_id(r.attributes) or "(all)") for r in plan.rows)
+    width = max([len("class")] + [len(c) for c in plan.header["plan_classes"]])
+    cols = [max(len(c), 6) for c in cell_names]
+    lines = ["  ".join([f"{'class':<{width}}"] + [f"{c:>{w}}" for c, w in zip(cell_names, cols)] + [" total"])]
+    for cls in plan.header["plan_classes"]:
+        row = [counts[(cls, c)] for c in cell_names]
+        lines.append("  ".join([f"{cls:<{width}}"] + [f"{n:>{w}}" for n, w in zip(row, cols)] + [f"{sum(row):>6}"]))
+    shares = [c["share"] for c in plan.header["target"]["cells"]]
+    lines.append("  ".join([f"{'target':<{width}}"] + [f"{s:>{w}.1%}" for s, w in zip(shares, cols)] + [""]))
+    t = plan.header["target"]
+    lines.append(f"{len(plan.rows)} rows; {len(plan.header['plan_classes'])} classes x {plan.header['images_per_class']}"
+                 f" images (target {t['images_per_class']} x oversample {t['oversample']:g}); "
+                 f"{plan.header['images_per_prompt']} images per prompt; {len(plan.header['templates'])} templates")
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""Generation: a prompt plan + a generator backend -> a synthetic dataset, shard task by shard task.
+
+The plan is cut into fixed slices (``shard_size`` rows each); each slice is one task that writes one
+shard. Tasks write into a hidden staging folder next to the output (``.<name>.partial``) under their
+final shard names, atomically, and a finished shard is never redone: a run killed at any moment and
+started again picks up the missing shards and produces exactly the dataset an uninterrupted run would.
+The staging folder carries a fingerprint of the work (plan hash, generator description, shard size);
+work from a different fingerprint is discarded, never mixed in. When every task is done the index is
+written and the folder is moved into place.
+
+Executors: ``local`` runs tasks in this process; ``ray`` runs the same tasks as Ray tasks (a local Ray
+instance, or a cluster given by ``address``), each loading the generator once per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from factory import __version__
+from factory.core.errors import FactoryError
+from factory.core.files import atomic_write_bytes, file_sha256, staging_dir
+from factory.core.sample import synthetic_sample
+from factory.core.shards import INDEX_NAME, ShardInfo, make_index, publish, shard_name, write_shard
+from factory.generate.backends.base import Generator, GenRequest, SamplerConfig
+from factory.generate.plans import Plan, PlanRow, read_plan
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("embedded", "diffusers")
+EXECUTORS = ("local", "ray")
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Which generator to load: enough to load it again in another process (Ray workers)."""
+
+    backend: str
+    model: str
+    sampler: SamplerConfig = SamplerConfig()
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise FactoryError(f"generate.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start a local instance
+    num_cpus: int | None = None  # CPUs of a local instance (None: all)
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    generator: GeneratorSpec
+    shard_size: int = 512
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
+    name: str = "synthetic"
+    parents: tuple[dict[str, Any], ...] | None = None  # None: the generator's own (embedded)
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise FactoryError(f"generate.shard_size must be >= 1; got {self.shard_size}")
+        if self.executor not in EXECUTORS:
+            raise FactoryError(f"generate.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
+        batch = self.generator.sampler.batch_size
+        if self.shard_size % batch and self.shard_size > batch:
+            log.warning("generate.shard_size %d is not a multiple of batch_size %d: the last micro-batch of "
+                        "every shard is padded to a full batch (%.0f%% of the sampling work wasted)",
+                        self.shard_size, batch, 100 * (batch - self.shard_size % batch) / self.shard_size)
+
+
+def load_generator(spec: GeneratorSpec) -> Generator:
+    if spec.backend == "embedded":
+        from factory.generate.backends.embedded import EmbeddedGenerator
+
+        return EmbeddedGenerator.load(spec.model, spec.sampler)
+    from factory.generate.backends.diffusers import DiffusersGenerator
+
+    return DiffusersGenerator.load(spec.model, spec.sampler)
+
+
+_CACHE: dict[GeneratorSpec, Generator] = {}
+
+
+def cached_generator(spec: GeneratorSpec) -> Generator:
+    """One loaded generator per spec and process (Ray workers reuse theirs across tasks)."""
+    if spec not in _CACHE:
+        _CACHE.clear()
+        _CACHE[spec] = load_generator(spec)
+    return _CACHE[spec]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+def shard_tasks(n_rows: int, shard_size: int) -> list[ShardTask]:
+    return [ShardTask(i, start, min(start + shard_size, n_rows))
+            for i, start in enumerate(range(0, n_rows, shard_size))]
+
+
+def request(row: PlanRow) -> GenRequest:
+    return GenRequest(key=row.key, label=row.label, class_name=row.class_name, text=row.text, seed=row.seed,
+                      attributes=dict(row.attributes))
+
+
+def generator_generation(gen: Generator) -> int:
+    """1 for a model trained on real data; k+1 for one trained on generation-k data."""
+    return int(getattr(gen, "generation", 1))
+
+
+def check_plan(plan: Plan, gen: Generator) -> None:
+    """Plan/generator mismatches fail before anything is generated."""
+    known = getattr(gen, "classes", None)
+    if known is not None:
+        for cls in plan.header["plan_classes"]:
+            label = plan.classes.index(cls)
+            if label >= len(known) or known[label] != cls:
+                raise FactoryError(f"plan class {cls!r} (label {label}) is not label {label} of the generator "
+                                   f"(it knows {known}); rebuild the plan from the generator's training data")
+    axes = getattr(gen, "attributes", None)
+    if axes is not None:
+        for axis, values in plan.header["target"]["attributes"].items():
+            if axis not in axes:
+                raise FactoryError(f"plan attribute {axis!r} is unknown to the generator (it knows {sorted(axes)})")
+            missing = [v for v in values if v not in axes[axis]]
+            if missing:
+                raise FactoryError(f"plan attribute {axis}: value(s) {missing} unknown to the generator "
+                                   f"(it knows {axes[axis]})")
+
+
+def _samples(rows: Sequence[PlanRow], gen: Generator, parents: list[dict[str, Any]],
+             on_batch: Callable[[int], None] | None) -> Iterator:
+    describe = gen.describe()
+    generation = generator_generation(gen)
+    bs = gen.sampler.batch_size
+    for start in range(0, len(rows), bs):
+        batch = rows[start:start + bs]
+        images = gen.generate([request(r) for r in batch])
+        for row, data in zip(batch, images):
+            yield synthetic_sample(
+                row.key, data, row.label, row.class_name,
+                prompt={"text": row.text, "template": row.template, "attributes": row.attributes},
+                seed=row.seed, generator=describe, generation=generation, parents=parents, group=row.group)
+        if on_batch is not None:
+            on_batch(len(batch))
+
+
+def run_task(task: ShardTask, rows: Sequence[PlanRow], spec: GeneratorSpec, staging: Path,
+             parents: list[dict[str, Any]], on_batch: Callable[[int], None] | None = None) -> ShardInfo:
+    """Generate one shard into ``staging`` (atomic: it appears under its name only when complete)."""
+    gen = cached_generator(spec)
+    return write_shard(Path(staging) / task.name, _samples(rows, gen, parents, on_batch))
+
+
+def _ray_task(task: ShardTask, rows: list[PlanRow], spec: GeneratorSpec, staging: str,
+              parents: list[dict[str, Any]]) -> ShardInfo:
+    return run_task(task, rows, spec, Path(staging), parents)
+
+
+@dataclass
+class GenerateSummary:
+    out_dir: Path
+    samples: int
+    shards: int
+    generated_shards: int
+    resumed_shards: int
+    seconds: float
+    images_per_second: float
+    index: dict[str, Any] = field(default_factory=dict)
+
+
+def _fingerprint(plan: Plan, describe: dict[str, Any], cfg: GenerateConfig,
+                 parents: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"plan_sha256": plan.sha256(), "generator": describe, "shard_size": cfg.shard_size,
+            "name": cfg.name, "parents": parents, "factory_version": __version__}
+
+
+def _prepare_staging(staging: Path, fingerprint: dict[str, Any]) -> None:
+    run_file = staging / RUN_FILE
+    if staging.exists():
+        try:
+            previous = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous == fingerprint:
+            return
+        log.info("discarding %s: it holds work for different inputs", staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    atomic_write_bytes(run_file, json.dumps(fingerprint, sort_keys=True, indent=1).encode())
+
+
+def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
+             progress: Callable[[int, int], Callable[[int], None]] | None = None) -> GenerateSummary:
+    """Generate the dataset for ``plan_path`` into ``out_dir`` (resumable; see module docstring).
+
+    ``progress(total, done)`` may return a callback that receives the number of images of each
+    finished batch (local executor) or shard (ray).
+    """
+    out_dir = Path(out_dir)
+    plan = read_plan(plan_path)
+    if not plan.rows:
+        raise FactoryError(f"{plan_path}: the plan has no rows")
+    gen = cached_generator(cfg.generator)  # loads and validates the model before any work
+    check_plan(plan, gen)
+    parents = [dict(p) for p in (cfg.parents if cfg.parents is not None else getattr(gen, "parents", []))]
+    describe = gen.describe()
+    staging = staging_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / INDEX_NAME).exists():
+        raise FactoryError(f"{out_dir}: exists and is not a factory dataset; refusing to overwrite it")
+    _prepare_staging(staging, _fingerprint(plan, describe, cfg, parents))
+
+    tasks = shard_tasks(len(plan.rows), cfg.shard_size)
+    done = [t for t in tasks if (staging / t.name).is_file()]
+    todo = [t for t in tasks if not (staging / t.name).is_file()]
+    if done:
+        log.info("resuming: %d of %d shards already done in %s", len(done), len(tasks), staging)
+    todo_images = sum(t.stop - t.start for t in todo)
+    tick = progress(len(plan.rows), len(plan.rows) - todo_images) if progress else None
+    t0 = time.perf_counter()
+    infos: dict[int, ShardInfo] = {}
+    if cfg.executor == "local":
+        for t in todo:
+            infos[t.index] = run_task(t, plan.rows[t.start:t.stop], cfg.generator, staging, parents, tick)
+            log.info("%s: %d images (%.1f images/s so far)", t.name, t.stop - t.start,
+                     sum(i.samples for i in infos.values()) / (time.perf_counter() - t0))
+    else:
+        infos.update(_run_ray(todo, plan, cfg, staging, parents, tick))
+    seconds = time.perf_counter() - t0
+    for t in done:  # finished by an earlier run: its content is final, re-read its hash and size
+        p = staging / t.name
+        infos[t.index] = ShardInfo(t.name, t.stop - t.start, file_sha256(p), p.stat().st_size)
+    shards = [infos[t.index] for t in tasks]
+    counts: dict[str, int] = {}
+    for row in plan.rows:
+        counts[row.class_name] = counts.get(row.class_name, 0) + 1
+    meta = {"plan": {"path": str(plan_path), "sha256": plan.sha256(), "rows": len(plan.rows)},
+            "generator": describe, "parents": parents, "generation": generator_generation(gen)}
+    index = make_index(cfg.name, plan.classes, shards, counts, meta)
+    (staging / RUN_FILE).unlink()
+    publish(staging, out_dir, index)
+    rate = todo_images / seconds if seconds > 0 and todo_images else 0.0
+    log.info("generated %d images in %.1fs (%.1f images/s); %d shards resumed", todo_images, seconds, rate, len(done))
+    return GenerateSummary(out_dir, index["samples"], len(shards), len(todo), len(done), seconds, rate, index)
+
+
+def _run_ray(todo: list[ShardTask], plan: Plan, cfg: GenerateConfig, staging: Path,
+             parents: list[dict[str, Any]], tick: Callable[[int], None] | None) -> dict[int, ShardInfo]:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor 'ray' needs Ray: pip install 'synthfactory[ray]' (or pip install 'ray[default]')") \
+            from None
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=cfg.ray.cpus_per_task, num_gpus=cfg.ray.gpus_per_task, max_retries=2)(_ray_task)
+        pending = {remote.remote(t, plan.rows[t.start:t.stop], cfg.generator, str(staging), parents): t
+                   for t in todo}
+        out: dict[int, ShardInfo] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                t = pending.pop(ref)
+                out[t.index] = ray.get(ref)
+                if tick:
+                    tick(t.stop - t.start)
+        return out
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class RegenerateResult:
+    key: str
+    match: bool
+    expected_sha256: str
+    actual_sha256: str
+    weights_match: bool
+    out: Path
+
+
+def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None = None,
+               device: str = "auto") -> RegenerateResult:
+    """Rebuild one sample from its provenance record alone and compare its bytes."""
+    from factory.core.sample import sha256_hex
+    from factory.core.shards import Dataset
+
+    sample = Dataset(dataset).find(key)
+    rec = sample.provenance
+    if rec.get("source") != "synthetic":
+        raise FactoryError(f"{key!r} is a real sample: only synthetic samples can be regenerated")
+    g = rec["generator"]
+    sampler = SamplerConfig(guidance_scale=float(g["guidance_scale"]), steps=int(g["steps"]),
+                            scheduler=g["scheduler"], negative_prompt=g.get("negative_guidance"),
+                            height=g.get("height"), width=g.get("width"),
+                            dtype=g.get("dtype") if g.get("dtype") in ("float32", "float16", "bfloat16") else "auto",
+                            device=device, batch_size=int(g.get("batch_size", 1)))
+    spec = GeneratorSpec(g["backend"], model or g["model"], sampler)
+    gen = load_generator(spec)
+    prompt = rec["prompt"]
+    data = gen.generate([GenRequest(key=key, label=rec["label"], class_name=rec["class_name"], text=prompt["text"],
+                                    seed=rec["seed"], attributes=dict(prompt.get("attributes") or {}))])[0]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, data)
+    actual = sha256_hex(data)
+    return RegenerateResult(key, actual == rec["sha256"], rec["sha256"], actual,
+                            gen.describe().get("weights_sha256") == g.get("weights_sha256"), out)
+
+
+def spec_dict(spec: GeneratorSpec) -> dict[str, Any]:
+    return {"backend": spec.backend, "model": spec.model, "sampler": asdict(spec.sampler)}

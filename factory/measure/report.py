@@ -1,0 +1,172 @@
+"""The results report: every stage's metrics in one Markdown page (and an HTML copy), plus plot data.
+
+Inputs are the metrics files the stages wrote (``metrics/classifier/*.json``,
+``metrics/contrastive/*.json``, ``metrics/evaluate.json``, ``metrics/bias.json``,
+``reports/curate.json``); nothing is recomputed. Missing inputs are reported as missing, never
+filled in.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from factory.core.errors import FactoryError
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise FactoryError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def load_metrics(root: Path | str = ".", pools: Sequence[str] = (), contrastive_pools: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    root = Path(root)
+    return {
+        "classifier": {p: _read(root / "metrics" / "classifier" / f"{p}.json") for p in pools},
+        "contrastive": {p: _read(root / "metrics" / "contrastive" / f"{p}.json") for p in contrastive_pools},
+        "evaluate": _read(root / "metrics" / "evaluate.json"),
+        "bias": _read(root / "metrics" / "bias.json"),
+        "curate": _read(root / "reports" / "curate.json"),
+    }
+
+
+def fraction_rows(classifier: Mapping[str, Any], pools: Sequence[str]) -> list[dict[str, Any]]:
+    """Accuracy against synthetic fraction: one row per pool of ``pools`` that has metrics."""
+    rows = [{"pool": p, "synthetic_fraction": m["synthetic_fraction"], "top1": m["top1"], "n_train": m["n_train"]}
+            for p in pools if (m := classifier.get(p))]
+    return sorted(rows, key=lambda r: (r["synthetic_fraction"], r["pool"]))
+
+
+def _probe_cell(m: Mapping[str, Any] | None) -> str:
+    if m is None or "skipped" in m:
+        return "skipped"
+    few = next((v for k, v in m.items() if k.startswith("top1_") and k.endswith("shot")), None)
+    return _pct(m["top1"]) + ("" if few is None else f" / {_pct(few)}")
+
+
+def render(m: Mapping[str, Any]) -> str:
+    """The Markdown results page."""
+    out = ["# Results", ""]
+    cls = m["classifier"]
+    if cls:
+        out += ["## Classifiers trained on each pool, tested on the REAL test split", "",
+                "Synthetic-only pools give the Classification Accuracy Score (CAS).", ""]
+        out.append(table(["pool", "training images", "synthetic share", "real-test top-1", "seconds"],
+                         [[p, c["n_train"], _pct(c["synthetic_fraction"]), _pct(c["top1"]), _fmt(c["seconds"], 0)]
+                          if c else [p, "missing", "", "", ""] for p, c in cls.items()]))
+        out.append("")
+    con = m["contrastive"]
+    if con:
+        methods = sorted({k for c in con.values() if c for k in c["methods"]},
+                         key=lambda k: ["simclr", "stablerep", "stablerep_plus"].index(k)
+                         if k in ("simclr", "stablerep", "stablerep_plus") else 9)
+        out += ["## Contrastive encoders: linear-probe top-1 on the real test split", "",
+                "Each cell: probe fit on all real train images / on 10 real images per class.", ""]
+        rows = []
+        for p, c in con.items():
+            if not c:
+                rows.append([p, "missing"] + [""] * (len(methods) - 1))
+                continue
+            rows.append([f"{p} ({c['n_train']} images)"] + [_probe_cell(c["methods"].get(k)) for k in methods])
+        out.append(table(["pool"] + methods, rows))
+        out.append("")
+    ev = m["evaluate"]
+    if ev:
+        out += ["## Synthetic datasets against the real test split",
+                "", f"Encoder: {ev['encoder'].get('kind')}; recognition by a CNN trained on real train "
+                f"(real-test accuracy {_pct(ev['reference_classifier']['test_accuracy'])}).", ""]
+        rows = []
+        for name, d in sorted(ev["datasets"].items(), key=lambda kv: (kv[1].get("guidance_scale") or 0, kv[0])):
+            rows.append([name, d["samples"], _fmt(d.get("guidance_scale"), 1), _pct(d.get("recognition")),
+                         _pct(d.get("cas")), _fmt(d["fd"], 4), _fmt(d["precision"]), _fmt(d["recall"]),
+                         _fmt(d["density"]), _fmt(d["coverage"]), _fmt(d["class_balance_tv"])])
+        out.append(table(["dataset", "images", "guidance", "recognition", "CAS", "FD", "precision", "recall",
+                          "density", "coverage", "class TV"], rows))
+        out.append("")
+    bias = m["bias"]
+    if bias:
+        out += ["## Bias benchmark (coloured digits)", "",
+                f"Train split: colour = the class's colour for {_pct(bias['train_correlation'])} of images; "
+                f"test split: {_pct(bias['test_correlation'])} (colour independent of class).", ""]
+        out.append(table(["pool", "training images", "synthetic share", "test top-1", "colour-consistent",
+                          "colour-flipped", "gap"],
+                         [[p, r["n_train"], _pct(r["synthetic_fraction"]), _pct(r["top1"]),
+                           _pct(r["consistent_top1"]), _pct(r["flipped_top1"]),
+                           "n/a" if r["gap"] is None else f"{100 * r['gap']:+.1f} pt"]
+                          for p, r in bias["pools"].items()]))
+        out.append("")
+    cur = m["curate"]
+    if cur:
+        th = (cur.get("filter") or {}).get("thresholds") or {}
+        out += ["## Curation of the raw synthetic set", "",
+                table(["generated", "kept", "rejected", "reasons", "leaks", "memorisation", "thresholds"],
+                      [[cur["samples"], cur["kept"], cur["rejected"],
+                        ", ".join(f"{k} {v}" for k, v in cur["reasons"].items() if v and k != "kept"),
+                        len(cur.get("leaks") or []), _pct(cur.get("memorization_rate")),
+                        ", ".join(f"{k} {_fmt(v)}" for k, v in th.items() if isinstance(v, (int, float)))]]),
+                ""]
+    return "\n".join(out)
+
+
+def to_html(markdown: str) -> str:
+    """A dependency-free HTML page of the results (tables rendered, the rest preformatted)."""
+    body, in_table, in_pre = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_pre else "<pre>")
+            in_pre = not in_pre
+            continue
+        if in_pre:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            if not in_table:
+                body.append("<table>")
+                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
+                in_table = True
+            else:
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:.2em .6em;border:1px solid #ccc}"
+    return f"<!doctype html><meta charset=utf-8><title>Results</title><style>{style}</style>\n" + "\n".join(body) + "\n"

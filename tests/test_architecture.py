@@ -1,0 +1,153 @@
+"""The package's shape, checked from the code itself so it cannot drift.
+
+- layers: ``core`` < ``config`` < ``data`` < ``generate`` < ``curate`` < ``train`` < ``measure`` < ``cli``;
+  a module imports only from its own layer or lower ones, so there is no import cycle between phases;
+- no import cycle between modules either, and no module over 500 lines;
+- every DVC stage declares, as deps, every file of ``factory/`` that its script imports, directly or
+  through what those import, at any depth (a phase folder as a dep covers every file in it).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "factory"
+LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "cli")
+MAX_LINES = 500
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every ``factory`` module a file imports, anywhere in it (function-level imports too), with the
+    packages on the way (importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name != "factory" and not name.startswith("factory."):
+                continue
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                if module_file(".".join(parts[:i])) is not None:
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) - {module_name(p)} for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def closure(start: set[str], g: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(g.get(m, ()))
+    return seen
+
+
+def layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_lower_layers_never_import_higher_ones():
+    bad = []
+    for mod, deps in graph().items():
+        me = layer(mod)
+        for d in deps:
+            if me is not None and layer(d) is not None and layer(d) > me:
+                bad.append(f"{mod} -> {d}")
+    assert not bad, "imports against the layer order " + " < ".join(LAYERS) + ":\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycle():
+    g = graph()
+    # packages' __init__ files re-export their submodules; an edge into one's own package is not a cycle
+    edges = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in g.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(edges.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(path[path.index(d):] + [d]))
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def stage_scripts(dvc_yaml: Path) -> dict[str, tuple[Path, list[str]]]:
+    """stage name -> (its script, its deps), for every stage (and foreach template) of a dvc.yaml."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    out = {}
+    for name, st in stages.items():
+        body = st.get("do", st)
+        script = next((w for w in body["cmd"].split() if w.endswith(".py")), None)
+        assert script is not None, f"stage {name}: no python script in its cmd {body['cmd']!r}"
+        out[name] = (dvc_yaml.parent / script, [str(d) for d in body.get("deps", [])])
+    return out
+
+
+def undeclared(script: Path, deps: list[str], root: Path) -> list[str]:
+    g = graph()
+    needed = closure(imports_of(script), g)
+    files = sorted(str(f.relative_to(ROOT)) for m in needed if (f := module_file(m)) is not None)
+    declared = [d.rstrip("/") for d in deps]
+    rel = str(script.relative_to(root))
+    missing = [f for f in files if not any(f == d or f.startswith(d + "/") for d in declared)]
+    if rel not in declared:
+        missing.append(rel)
+    return missing
+
+
+def test_every_stage_declares_the_code_it_imports():
+    missing = {}
+    for name, (script, deps) in stage_scripts(ROOT / "dvc.yaml").items():
+        m = undeclared(script, deps, ROOT)
+        if m:
+            missing[name] = m
+    assert not missing, "stages whose deps miss code they import:\n" + "\n".join(
+        f"  {name}: {', '.join(files)}" for name, files in missing.items())
+
+
+def test_the_deps_check_catches_a_missing_file(tmp_path):
+    """The check above can fail: a stage that declares only its script misses what the script imports."""
+    script = ROOT / "stages" / "curate.py"
+    missing = undeclared(script, ["stages/curate.py"], ROOT)
+    assert "factory/curate/filter.py" in missing and "factory/core/errors.py" in missing
