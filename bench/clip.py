@@ -57,7 +57,7 @@ def main() -> None:
     result: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "overrides": overrides}
     if not args.eval_only:
-        cfg = ClipTrainConfig.from_dict(overrides)
+        cfg = ClipTrainConfig(**overrides)
         t0 = time.perf_counter()
         summary = train_clip(args.train, cfg, args.out)
         result["train_wall_s"] = round(time.perf_counter() - t0, 1)

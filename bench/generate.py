@@ -24,7 +24,7 @@ from factory.data.ingest import ingest
 from factory.generate.backends.base import SamplerConfig
 from factory.generate.backends.embedded import EmbeddedGenerator
 from factory.generate.plans import PlanConfig, build_plan, write_plan
-from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
+from factory.generate.tasks import GenerateConfig, generate
 from factory.train.generator import EmbeddedTrainConfig, train_generator
 
 
@@ -74,7 +74,7 @@ def main() -> None:
         plan = build_plan(PlanConfig(images_per_class=per_class, images_per_prompt=4), gen.classes)
         write_plan(plan, tmp / "plan.jsonl")
         n = len(plan.rows)
-        cfg = GenerateConfig(GeneratorSpec("embedded", str(model), sampler))
+        cfg = GenerateConfig(backend="embedded", model=str(model), **sampler.model_dump())
         stage, bare = [], []
         for r in range(args.repeats):
             out = tmp / f"raw{r}"

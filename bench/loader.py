@@ -54,10 +54,10 @@ def make_dataset(out: Path, n: int, size: int) -> None:
 
 
 def direct(pool: dict, mode: str, size: int) -> int:
-    """The baseline: tarfile + PIL + to_tensor over the pool's keys, no pipeline."""
+    """The baseline: tarfile + PIL + image_to_tensor over the pool's keys, no pipeline."""
     from PIL import Image
 
-    from factory.data.loader import to_tensor
+    from factory.core.images import image_to_tensor
 
     n = 0
     for comp in pool["components"]:
@@ -69,7 +69,7 @@ def direct(pool: dict, mode: str, size: int) -> int:
                     key, _, ext = m.name.partition(".")
                     if ext == "png" and key in wanted:
                         with Image.open(io.BytesIO(tf.extractfile(m).read())) as im:
-                            to_tensor(im, mode, size)
+                            image_to_tensor(im, mode, size)
                         n += 1
     return n
 

@@ -1,21 +1,29 @@
-"""Stage ``bias_data``: ``bias.source`` (colour tied to class) -> ``data/bias/real/train``;
-the held-out digits from ``bias.test_source`` (colour independent of class) -> ``data/bias/real/test``."""
+"""Stage ``bias_data``: ``bias.source`` (colour tied to class) -> a biased train split; the held-out digits
+from ``bias.test_source`` (colour independent of class) -> a test split.
+
+    python stages/bias_data.py TRAIN TEST
+    # dvc.yaml: python stages/bias_data.py data/bias/real/train data/bias/real/test
+"""
+
+import argparse
 
 from factory.config import load_params
 from factory.core.stage import run_stage
 from factory.measure.bias import attribute_correlation, make_bias_splits
 
-TRAIN, TEST = "data/bias/real/train", "data/bias/real/test"
-
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("train", help="the biased train split to write")
+    ap.add_argument("test", help="the colour-randomised test split to write")
+    args = ap.parse_args()
     params = load_params()
     b = params.bias
-    counts = make_bias_splits(b.source, b.test_source, TRAIN, TEST, test_fraction=b.test_fraction,
+    counts = make_bias_splits(b.source, b.test_source, args.train, args.test, test_fraction=b.test_fraction,
                               seed=params.base.seed, shard_size=b.shard_size, overwrite=True)
     print(f"bias_data: train {counts['train']} (colour = class colour for "
-          f"{attribute_correlation(TRAIN, 'color'):.1%}), test {counts['test']} "
-          f"(colour = class colour for {attribute_correlation(TEST, 'color', TRAIN):.1%})")
+          f"{attribute_correlation(args.train, 'color'):.1%}), test {counts['test']} "
+          f"(colour = class colour for {attribute_correlation(args.test, 'color', args.train):.1%})")
 
 
 if __name__ == "__main__":

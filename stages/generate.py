@@ -1,41 +1,34 @@
-"""Stage ``generate``: ``data/prompts/plan.jsonl`` + the generator -> ``data/synthetic/raw`` (resumable)."""
+"""Stage ``generate``: a prompt plan + the generator of ``generate.model`` -> a synthetic dataset (resumable).
+
+    python stages/generate.py [--study bias] [--guidance-scale W] PLAN OUT
+    # dvc.yaml: python stages/generate.py data/prompts/plan.jsonl data/synthetic/raw
+"""
 
 import argparse
+from contextlib import ExitStack
 
 from tqdm import tqdm
 
-from factory.config import generate_config, load_params, study_path
+from factory.config import load_params
 from factory.core.stage import run_stage
 from factory.generate.tasks import generate
 
-PLAN, OUT = "data/prompts/plan.jsonl", "data/synthetic/raw"
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--study", default=None, help="e.g. bias: read bias.generate, write data/bias/synthetic/raw")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default=None, help="e.g. bias: read bias.generate instead of generate")
     ap.add_argument("--guidance-scale", type=float, default=None,
                     help="override generate.guidance_scale (the guidance sweep)")
-    ap.add_argument("--out", default=None, help="output dataset folder (default data/synthetic/raw)")
+    ap.add_argument("plan", help="the prompt plan (JSON lines) to make")
+    ap.add_argument("out", help="the dataset folder to write (or resume)")
     args = ap.parse_args()
-    params = load_params().study(args.study)
+    cfg = load_params().study(args.study).generate
     if args.guidance_scale is not None:
-        params = params.model_copy(update={"generate": params.generate.model_copy(
-            update={"guidance_scale": args.guidance_scale})})
-    cfg = generate_config(params)
-    plan, out = study_path(PLAN, args.study), args.out or study_path(OUT, args.study)
-    bars = []
-
-    def progress(total: int, done: int):
-        bars.append(tqdm(total=total, initial=done, desc="generate", unit="img", mininterval=2))
-        return bars[-1].update
-
-    try:
-        summary = generate(plan, out, cfg, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
-    print(f"generate: {summary.samples} samples in {summary.shards} shards -> {out} "
+        cfg = cfg.replace(guidance_scale=args.guidance_scale)
+    with ExitStack() as bars:  # one progress bar per run of shard tasks, all closed at the end
+        summary = generate(args.plan, args.out, cfg, progress=lambda total, done: bars.enter_context(
+            tqdm(total=total, initial=done, desc="generate", unit="img", mininterval=2)).update)
+    print(f"generate: {summary.samples} samples in {summary.shards} shards -> {args.out} "
           f"({summary.generated_shards} generated at {summary.images_per_second:.1f} images/s, "
           f"{summary.resumed_shards} resumed)")
 

@@ -1,16 +1,22 @@
-"""Stage ``ingest``: the real source named in ``params.yaml`` -> ``data/real/full``."""
+"""Stage ``ingest``: the real source named in ``params.yaml`` (``ingest.source``) -> a dataset folder.
+
+    python stages/ingest.py OUT        # dvc.yaml: python stages/ingest.py data/real/full
+"""
+
+import argparse
 
 from factory.config import load_params
 from factory.core.stage import run_stage
 from factory.data.ingest import ingest
 
-OUT = "data/real/full"
-
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="the dataset folder to write")
+    args = ap.parse_args()
     params = load_params().ingest
-    summary = ingest(params.source, OUT, shard_size=params.shard_size, overwrite=True)
-    print(f"ingest: {summary.samples} samples in {summary.shards} shards -> {OUT}")
+    summary = ingest(params.source, args.out, shard_size=params.shard_size, overwrite=True)
+    print(f"ingest: {summary.samples} samples in {summary.shards} shards -> {args.out}")
 
 
 if __name__ == "__main__":

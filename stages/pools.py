@@ -1,25 +1,29 @@
-"""Stage ``pools``: ``params.yaml`` pools -> ``data/pools/<name>.json`` (mixes by reference, no copies)."""
+"""Stage ``pools``: ``params.yaml``'s pools -> ``OUT/<name>.json`` (mixes by reference, no copies).
+
+    python stages/pools.py [--study bias] OUT        # dvc.yaml: python stages/pools.py data/pools
+"""
 
 import argparse
 import shutil
 from pathlib import Path
 
-from factory.config import load_params, pools_config, study_path
+from factory.config import load_params
 from factory.core.files import replace_dir, staging_dir
 from factory.core.stage import run_stage
 from factory.data.pools import build_pool, write_pool
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--study", default=None, help="e.g. bias: read bias.pools, write data/bias/pools")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default=None, help="e.g. bias: read bias.pools instead of pools")
+    ap.add_argument("out", help="the folder of pool files to write (replaced as a whole)")
     args = ap.parse_args()
     params = load_params().study(args.study)
-    out = Path(study_path("data/pools", args.study))
+    out = Path(args.out)
     stage = staging_dir(out)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    for spec in pools_config(params).specs:
+    for spec in params.pools.specs:
         pool = build_pool(spec)
         write_pool(pool, stage / f"{spec.name}.json")
         print(f"pool {spec.name}: {pool['samples']} samples ({pool['sources']}, "

@@ -1,6 +1,12 @@
-"""Stage ``report``: all metrics -> ``reports/results.md``, ``reports/index.html`` and
-``plots/synthetic_fraction.json`` (accuracy against the share of synthetic images)."""
+"""Stage ``report``: all metrics -> the results page (Markdown and HTML) and the plot data of accuracy
+against the share of synthetic images (``report.fraction_pools``).
 
+    python stages/report.py --classifier DIR --contrastive DIR --evaluate FILE --bias FILE --curate FILE
+                            --classifier-timings DIR --markdown FILE --html FILE --plot FILE
+    # dvc.yaml: python stages/report.py --classifier metrics/classifier --contrastive metrics/contrastive ...
+"""
+
+import argparse
 from pathlib import Path
 
 from factory.config import load_params
@@ -8,15 +14,25 @@ from factory.core.files import atomic_write_bytes, write_json
 from factory.core.stage import run_stage
 from factory.measure.report import fraction_rows, load_metrics, render, to_html
 
+INPUTS = {"classifier": "folder of the classifiers' metrics", "contrastive": "folder of the encoders' metrics",
+          "evaluate": "the evaluation metrics", "bias": "the bias benchmark's metrics",
+          "curate": "the curation report", "classifier-timings": "folder of the classifiers' timings"}
+
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, what in INPUTS.items():
+        ap.add_argument(f"--{name}", required=True, help=what)
+    for name in ("markdown", "html", "plot"):
+        ap.add_argument(f"--{name}", required=True, help=f"the {name} file to write")
+    args = ap.parse_args()
     params = load_params()
-    metrics = load_metrics(".", list(params.pools), params.contrastive.pools)
+    metrics = load_metrics(list(params.pools), params.contrastive.pools,
+                           **{k.replace("-", "_"): getattr(args, k.replace("-", "_")) for k in INPUTS})
     md = render(metrics)
-    atomic_write_bytes(Path("reports/results.md"), md.encode())
-    atomic_write_bytes(Path("reports/index.html"), to_html(md).encode())
-    rows = fraction_rows(metrics["classifier"], params.report.fraction_pools)
-    write_json("plots/synthetic_fraction.json", rows)
+    atomic_write_bytes(Path(args.markdown), md.encode())
+    atomic_write_bytes(Path(args.html), to_html(md).encode())
+    write_json(args.plot, fraction_rows(metrics["classifier"], params.report.fraction_pools))
     print(md)
 
 

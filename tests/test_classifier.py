@@ -64,12 +64,15 @@ def test_architectures_take_small_inputs(arch):
 
 
 def test_config_errors_name_the_parameter(digits_split):
-    with pytest.raises(FactoryError, match="classifier.arch"):
+    with pytest.raises(FactoryError, match=r"^classifier.arch: must be one of cnn, resnet18, resnet34, resnet50 "
+                                           r"\(got 'vgg'\)$"):
         ClassifierConfig(arch="vgg")
-    with pytest.raises(FactoryError, match="classifier.steps"):
+    with pytest.raises(FactoryError, match=r"^classifier.steps: must be > 0 \(got 0\)$"):
         ClassifierConfig(steps=0)
-    with pytest.raises(FactoryError, match=r"unknown parameter\(s\) \['epochz'\]"):
-        ClassifierConfig.from_dict({"epochz": 3})
+    with pytest.raises(FactoryError, match=r"^classifier.image_size: must be a multiple of 4 for the cnn \(got 10\)$"):
+        ClassifierConfig(image_size=10)
+    with pytest.raises(FactoryError, match="^classifier.epochz: unknown parameter; allowed: arch, width, steps, "):
+        ClassifierConfig(epochz=3)
     train, _ = digits_split
     pool = build_pool(PoolSpec("p", (Component(str(train), per_class=1),)))
     with pytest.raises(FactoryError, match="no such dataset"):

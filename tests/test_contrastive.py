@@ -161,17 +161,20 @@ def test_augment_keeps_hues():
 
 
 def test_config_round_trip_and_errors():
-    cfg = ContrastiveConfig.from_dict({"method": "stablerep", "steps": 10})
-    assert ContrastiveConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(FactoryError, match="unknown key.*epochs"):
-        ContrastiveConfig.from_dict({"epochs": 3})
-    with pytest.raises(FactoryError, match="method must be one of simclr, stablerep, stablerep_plus"):
-        ContrastiveConfig.from_dict({"method": "byol"})
-    for key, bad in (("steps", 0), ("temperature", 0.0), ("lr", -1.0), ("batch_size", 1), ("steps", 2.5)):
-        with pytest.raises(FactoryError, match=f"contrastive.{key} "):
-            ContrastiveConfig.from_dict({key: bad})
-    with pytest.raises(FactoryError, match="batch_size must hold at least 2 groups"):
+    cfg = ContrastiveConfig(**{"method": "stablerep", "steps": 10})
+    assert ContrastiveConfig(**cfg.to_dict()) == cfg and cfg.replace(method="simclr").method == "simclr"
+    with pytest.raises(FactoryError, match="^contrastive.train.epochs: unknown parameter; allowed: method, "):
+        ContrastiveConfig(epochs=3)
+    with pytest.raises(FactoryError, match="method: must be one of simclr, stablerep, stablerep_plus"):
+        ContrastiveConfig(method="byol")
+    for key, bad in (("steps", 0), ("temperature", 0.0), ("lr", -1.0), ("batch_size", 1), ("steps", 2.5),
+                     ("noise", float("nan")), ("steps", True)):
+        with pytest.raises(FactoryError, match=f"^contrastive.train.{key}: "):
+            ContrastiveConfig(**{key: bad})
+    with pytest.raises(FactoryError, match="batch_size: must hold at least 2 groups"):
         ContrastiveConfig(method="stablerep", batch_size=6, images_per_group=4)
+    with pytest.raises(FactoryError, match="batch_size: must hold at least 2 groups"):
+        cfg.replace(batch_size=6)
 
 
 # --------------------------------------------------------------------------------------------------

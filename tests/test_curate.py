@@ -9,10 +9,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from factory.cli.main import cli
+from factory.config import CurateConfig
 from factory.core.sample import synthetic_sample
 from factory.core.shards import Dataset, DatasetWriter
-from factory.curate.dedup import DedupConfig
-from factory.curate.filter import CurateConfig, FilterConfig, curate
+from factory.curate.filter import curate
 from factory.generate.plans import AttributeAxis, PlanConfig, build_plan, write_plan
 
 GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "scheduler": "ddim", "steps": 20,
@@ -84,7 +84,7 @@ def test_curate_catches_planted_problems(planted, scorer, digits_split, tmp_path
     raw, wrong, leaks, dups = planted
     # 8x8 digits are low-detail: distinct digits often lie within 8 bits (the 64-bit default), so the
     # digits pipeline uses 2 (params.yaml); at 2, 4 of the 359 real test digits match a real train digit.
-    cfg = CurateConfig(dedup=DedupConfig(max_distance=2))
+    cfg = CurateConfig(max_distance=2)
     r = curate(raw, tmp_path / "cur", scorer=scorer, cfg=cfg, calibrate_on=digits_split[0], test=[digits_split[1]],
                train=[digits_split[0]], rejected_dir=tmp_path / "rej", report_path=tmp_path / "report.json")
     rejected = {s.key: s.provenance["decision"]["reason"] for s in Dataset(tmp_path / "rej")}
@@ -124,8 +124,8 @@ def test_explicit_thresholds_and_cli(planted, clip_dir, tmp_path):
 def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
     train = Dataset(digits_split[0])
     axis = AttributeAxis.make("stroke", ["thin", "bold"], [3, 1])
-    plan = build_plan(PlanConfig(images_per_class=8, classes=("0", "1"), attributes=(axis,), oversample=2.0,
-                                 templates=("a {stroke} {class_name}",)), train.classes)
+    plan = build_plan(PlanConfig(images_per_class=8, images_per_prompt=1, classes=("0", "1"), attributes=(axis,),
+                                 oversample=2.0, templates=("a {stroke} {class_name}",)), train.classes)
     write_plan(plan, tmp_path / "plan.jsonl")
     reals = {0: [s for s in train if s.label == 0][:16], 1: [s for s in train if s.label == 1][:16]}
     with DatasetWriter(tmp_path / "raw", "x", train.classes, shard_size=50) as w:
@@ -134,7 +134,7 @@ def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
                 continue  # make one cell fall short: 1 of its 4 rows is made, the target is 2
             src = reals[row.label].pop()
             w.write(as_synthetic(src, row.key, row.label, train.classes, row.attributes, group=row.group))
-    cfg = CurateConfig(filter=FilterConfig(min_score=-1, min_margin=-2))
+    cfg = CurateConfig(min_score=-1, min_margin=-2)
     r = curate(tmp_path / "raw", tmp_path / "cur", scorer=scorer, cfg=cfg, plan=tmp_path / "plan.jsonl")
     from collections import Counter
 

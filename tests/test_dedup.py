@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli.dedup import dedup_command
-from factory.cli.main import FactoryGroup
+from factory.cli.common import FactoryGroup
+from factory.cli.curate import dedup_command
 from factory.core.errors import FactoryError
 from factory.core.sample import Sample, real_sample
 from factory.core.shards import Dataset, DatasetWriter
@@ -271,11 +271,13 @@ def test_semantic_pairs_equal_dense_search():
 def test_config_defaults_and_errors():
     assert DedupConfig().distance == 8 == default_max_distance(8)
     assert DedupConfig(hash_size=16).distance == 48 and DedupConfig(max_distance=0).distance == 0
-    for kwargs, msg in [({"hash": "md5"}, "must be one of phash, dhash, whash; got 'md5'"),
-                        ({"max_distance": -1}, "max distance must be >= 0"),
-                        ({"max_distance": 64}, "below the 64 bits"),
-                        ({"hash_size": 1}, "hash size must be an integer from 2 to 32"),
-                        ({"hash": "whash", "hash_size": 12}, "power of 2")]:
+    for kwargs, msg in [({"hash": "md5"}, r"^dedup.hash: must be one of phash, dhash, whash \(got 'md5'\)$"),
+                        ({"max_distance": -1}, r"^dedup.max_distance: must be >= 0 \(got -1\)$"),
+                        ({"max_distance": 64}, "dedup.max_distance: must be below the 64 bits"),
+                        ({"hash_size": 1}, r"dedup.hash_size: must be >= 2 \(got 1\)"),
+                        ({"hash_size": 33}, r"dedup.hash_size: must be <= 32 \(got 33\)"),
+                        ({"hash_size": 8.0}, r"dedup.hash_size: must be an integer \(got 8.0\)"),
+                        ({"hash": "whash", "hash_size": 12}, "dedup.hash_size: must be a power of 2 for whash")]:
         with pytest.raises(FactoryError, match=msg):
             DedupConfig(**kwargs)
 
@@ -326,9 +328,9 @@ def test_cli_fail_on_duplicates(sets):
 @pytest.mark.parametrize("args, culprit", [
     (["{tmp}/missing"], "missing: no such dataset directory"),
     (["{syn}", "--against", "{tmp}/nope"], "nope: no such dataset directory"),
-    (["{syn}", "--hash", "md5"], "hash must be one of phash, dhash, whash; got 'md5'"),
-    (["{syn}", "--max-distance", "-1"], "max distance must be >= 0; got -1"),
-    (["{syn}", "--hash-size", "1"], "hash size must be an integer from 2 to 32"),
+    (["{syn}", "--hash", "md5"], "dedup.hash: must be one of phash, dhash, whash (got 'md5')"),
+    (["{syn}", "--max-distance", "-1"], "dedup.max_distance: must be >= 0 (got -1)"),
+    (["{syn}", "--hash-size", "1"], "dedup.hash_size: must be >= 2 (got 1)"),
     (["{syn}", "--hash", "whash", "--hash-size", "12"], "power of 2"),
     (["{syn}", "--against", "{syn}"], "already given as DATASET"),
     (["{syn}", "--out", "{syn}"], "must differ from DATASET"),

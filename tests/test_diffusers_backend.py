@@ -12,7 +12,6 @@ import io  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -165,13 +164,13 @@ def test_hub_id_resolves_from_the_cache_only(tmp_path, tiny_sd, monkeypatch):
 
 def test_negative_prompt_without_guidance_is_refused(tiny_sd):
     with pytest.raises(FactoryError, match="guidance_scale"):
-        DiffusersGenerator.load(tiny_sd, replace(FAST, negative_prompt="blurry", guidance_scale=1.0))
+        DiffusersGenerator.load(tiny_sd, FAST.replace(negative_prompt="blurry", guidance_scale=1.0))
 
 
 # --- generating ---------------------------------------------------------------------------------
 
 def test_generates_pngs_of_the_requested_size_in_order(tiny_sd):
-    g = DiffusersGenerator.load(tiny_sd, replace(FAST, height=16, width=24))
+    g = DiffusersGenerator.load(tiny_sd, FAST.replace(height=16, width=24))
     out = g.generate([req(i) for i in range(5)])  # one full batch of 4, one padded batch
     assert len(out) == 5
     for png in out:
@@ -220,7 +219,7 @@ def test_bytes_do_not_depend_on_the_rest_of_the_batch(gen):
 
 
 def test_every_pipeline_call_has_the_same_shape(tiny_sd, monkeypatch):
-    g = DiffusersGenerator.load(tiny_sd, replace(FAST, batch_size=3))
+    g = DiffusersGenerator.load(tiny_sd, FAST.replace(batch_size=3))
     calls = []
     real_call = type(g.pipe).__call__
 
@@ -238,7 +237,7 @@ def test_every_pipeline_call_has_the_same_shape(tiny_sd, monkeypatch):
 def test_every_scheduler_works(tiny_sd, scheduler):
     expected = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
                 "euler": "EulerDiscreteScheduler", "ddpm": "DDPMScheduler", "pndm": "PNDMScheduler"}
-    g = DiffusersGenerator.load(tiny_sd, replace(FAST, scheduler=scheduler, batch_size=2))
+    g = DiffusersGenerator.load(tiny_sd, FAST.replace(scheduler=scheduler, batch_size=2))
     assert type(g.pipe.scheduler).__name__ == expected[scheduler]
     assert g.pipe.scheduler.config.beta_schedule == "scaled_linear"  # the model's own config kept
     out = g.generate([req(0), req(1), req(0)])
@@ -248,7 +247,7 @@ def test_every_scheduler_works(tiny_sd, scheduler):
 
 def test_negative_prompt_is_applied(tiny_sd, gen):
     requests = [req(i) for i in range(2)]
-    negative = DiffusersGenerator.load(tiny_sd, replace(FAST, negative_prompt="blurry low quality"))
+    negative = DiffusersGenerator.load(tiny_sd, FAST.replace(negative_prompt="blurry low quality"))
     plain, neg = gen.generate(requests), negative.generate(requests)
     assert all(a != b for a, b in zip(plain, neg))
     assert negative.describe()["negative_guidance"] == "blurry low quality"
@@ -275,7 +274,7 @@ def test_describe(gen, tiny_sd):
 def test_weights_sha256_is_stable_and_tracks_the_weights(tmp_path, tiny_sd, gen):
     digest = gen.describe()["weights_sha256"]
     assert len(digest) == 64 and digest == weights_sha256(tiny_sd)
-    assert DiffusersGenerator.load(tiny_sd, replace(FAST, scheduler="euler")).weights_sha256 == digest
+    assert DiffusersGenerator.load(tiny_sd, FAST.replace(scheduler="euler")).weights_sha256 == digest
     copy = shutil.copytree(tiny_sd, tmp_path / "copy")
     assert weights_sha256(copy) == digest  # content and relative paths, not location
     (copy / "unet" / "config.json").write_text("{}")

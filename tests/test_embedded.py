@@ -80,18 +80,19 @@ def colored_model_dir(tmp_path_factory, colored_ds) -> Path:
     ("steps", 1.5), ("norm_num_groups", 0),
 ])
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(FactoryError, match=field):
+    with pytest.raises(FactoryError, match=rf"^train_generator\.{field}: "):
         EmbeddedTrainConfig(**{field: value})
 
 
-def test_config_defaults_and_from_dict():
+def test_config_defaults_and_unknown_keys():
     cfg = EmbeddedTrainConfig()
     assert (cfg.image_size, cfg.block_out_channels, cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps,
             cfg.label_dropout, cfg.ema_max_decay, cfg.num_train_timesteps, cfg.beta_schedule, cfg.seed,
             cfg.max_seconds) == (16, (32, 64, 64), 750, 128, 1e-3, 100, 0.1, 0.999, 1000, "squaredcos_cap_v2", 0, None)
-    assert EmbeddedTrainConfig.from_dict({"block_out_channels": [16, 32], "steps": 5}).block_out_channels == (16, 32)
-    with pytest.raises(FactoryError, match="stepz"):
-        EmbeddedTrainConfig.from_dict({"stepz": 5})
+    assert EmbeddedTrainConfig(**{"block_out_channels": [16, 32], "steps": 5}).block_out_channels == (16, 32)
+    assert EmbeddedTrainConfig(block_out_channels=[16, 32]).to_dict()["block_out_channels"] == [16, 32]
+    with pytest.raises(FactoryError, match="^train_generator.stepz: unknown parameter; allowed: image_size, "):
+        EmbeddedTrainConfig(stepz=5)
 
 
 # -- training, saving, loading ----------------------------------------------------------------------

@@ -17,7 +17,6 @@ from factory.cli.main import cli
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
 from factory.data.inspection import verify
-from factory.generate.backends.base import SamplerConfig
 from factory.generate.plans import AttributeAxis, PlanConfig, build_plan, write_plan
 from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
 
@@ -35,14 +34,14 @@ def tiny_generator(tmp_path_factory, digits_split):
 
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory, digits_split):
-    plan = build_plan(PlanConfig(images_per_class=6, images_per_prompt=2, classes=("1", "4", "7")),
-                      Dataset(digits_split[0]).classes)
+    plan = build_plan(PlanConfig(images_per_class=6, images_per_prompt=2, classes=("1", "4", "7"),
+                                 templates=("a photo of a {class_name}",)), Dataset(digits_split[0]).classes)
     return write_plan(plan, tmp_path_factory.mktemp("plan") / "plan.jsonl")
 
 
 def config(model, **kw) -> GenerateConfig:
-    sampler = SamplerConfig(guidance_scale=kw.pop("guidance_scale", 2.0), steps=4, batch_size=4)
-    return GenerateConfig(GeneratorSpec("embedded", str(model), sampler), shard_size=kw.pop("shard_size", 5), **kw)
+    kw = {"guidance_scale": 2.0, "shard_size": 5, **kw}
+    return GenerateConfig(backend="embedded", model=str(model), steps=4, batch_size=4, **kw)
 
 
 def shard_bytes(path: Path) -> dict[str, bytes]:
@@ -82,8 +81,7 @@ def test_same_inputs_same_bytes(reference, tiny_generator, plan_file, tmp_path):
 def test_kill_and_resume_gives_identical_dataset(reference, tiny_generator, plan_file, tmp_path):
     out = tmp_path / "raw"
     script = textwrap.dedent(f"""
-        from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
-        from factory.generate.backends.base import SamplerConfig
+        from factory.generate.tasks import GenerateConfig, generate
         import time, factory.generate.tasks as g
         original = g.run_task
         def slow(*a, **k):
@@ -91,8 +89,8 @@ def test_kill_and_resume_gives_identical_dataset(reference, tiny_generator, plan
             time.sleep(0.5)
             return info
         g.run_task = slow
-        cfg = GenerateConfig(GeneratorSpec("embedded", {str(tiny_generator)!r},
-                             SamplerConfig(guidance_scale=2.0, steps=4, batch_size=4)), shard_size=5)
+        cfg = GenerateConfig(backend="embedded", model={str(tiny_generator)!r}, guidance_scale=2.0, steps=4,
+                             batch_size=4, shard_size=5)
         generate({str(plan_file)!r}, {str(out)!r}, cfg)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -125,7 +123,7 @@ def test_stale_work_for_other_inputs_is_discarded(reference, tiny_generator, pla
 
 def test_ray_executor_equals_local(reference, tiny_generator, plan_file, tmp_path):
     pytest.importorskip("ray")
-    from factory.generate.tasks import RayConfig
+    from factory.config import RayConfig
 
     cfg = config(tiny_generator, executor="ray", ray=RayConfig(num_cpus=2))
     generate(plan_file, tmp_path / "ray", cfg)
@@ -156,7 +154,7 @@ def test_regenerate_matches_and_detects_changes(reference, tiny_generator, tmp_p
 def test_bad_inputs_fail_before_generating(tiny_generator, plan_file, tmp_path, digits_split):
     with pytest.raises(FactoryError, match="no such generator folder"):
         generate(plan_file, tmp_path / "o", config(tmp_path / "missing"))
-    with pytest.raises(FactoryError, match="guidance_scale must be >= 0"):
+    with pytest.raises(FactoryError, match=r"^generate.guidance_scale: must be >= 0 \(got -1\)$"):
         config(tiny_generator, guidance_scale=-1)
     with pytest.raises(FactoryError, match="backend"):
         GeneratorSpec("dalle", "x")
@@ -185,9 +183,8 @@ def test_diffusers_backend_through_generate_and_regenerate(tmp_path, digits_spli
                                      templates=("a photo of the digit {class_name}",)),
                           Dataset(digits_split[0]).classes)
         write_plan(plan, tmp_path / "plan.jsonl")
-        sampler = SamplerConfig(guidance_scale=3.0, steps=2, batch_size=4, scheduler="dpm",
-                                negative_prompt="blurry")
-        cfg = GenerateConfig(GeneratorSpec("diffusers", str(model), sampler), shard_size=4,
+        cfg = GenerateConfig(backend="diffusers", model=str(model), guidance_scale=3.0, steps=2, batch_size=4,
+                             scheduler="dpm", negative_prompt="blurry", shard_size=4,
                              parents=({"id": "laion-subset", "index_sha256": None},))
         summary = generate(tmp_path / "plan.jsonl", tmp_path / "raw", cfg)
         assert summary.samples == 6 and verify(tmp_path / "raw").ok

@@ -7,6 +7,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from factory.config import PoolsConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
 from factory.data.loader import PoolStream, load_pool_tensors, make_loader
@@ -51,12 +52,14 @@ def test_pool_spec_errors_name_the_problem(digits_split, tmp_path):
     train, _ = digits_split
     with pytest.raises(FactoryError, match="at most one of count, fraction"):
         Component(str(train), count=3, fraction=0.5)
-    with pytest.raises(FactoryError, match="count must be a positive integer"):
+    with pytest.raises(FactoryError, match=r"count: must be > 0 \(got 0\)"):
         Component(str(train), count=0)
-    with pytest.raises(FactoryError, match="fraction must be in"):
+    with pytest.raises(FactoryError, match=r"fraction: must be in \(0, 1\]"):
         Component(str(train), fraction=1.5)
-    with pytest.raises(FactoryError, match=r"pools.p\[0\]: unknown key"):
-        PoolSpec.from_params("p", [{"dataset": str(train), "size": 3}])
+    with pytest.raises(FactoryError, match=r"^pools.p\[0\].size: unknown parameter; allowed: dataset, count, "):
+        PoolsConfig(p=[{"dataset": str(train), "size": 3}])
+    with pytest.raises(FactoryError, match="pool name 'a/b' must be a plain file name"):
+        PoolSpec("a/b", (Component(str(train)),))
     with pytest.raises(FactoryError, match="more than the dataset"):
         pool_of("p", Component(str(train), count=10**6))
     with pytest.raises(FactoryError, match="per_class 1000"):

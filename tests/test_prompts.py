@@ -62,10 +62,13 @@ def test_oversample_and_subset():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"images_per_class": 0}, "images_per_class must be > 0"),
+    ({"images_per_class": 0}, r"plan.images_per_class: must be > 0 \(got 0\)"),
+    ({"images_per_class": 2.5}, r"plan.images_per_class: must be an integer \(got 2.5\)"),
     ({"images_per_class": -3}, "images_per_class"),
     ({"images_per_class": 5, "images_per_prompt": 0}, "images_per_prompt"),
-    ({"images_per_class": 5, "templates": ("a {colour} {class_name}",)}, "unknown field"),
+    ({"images_per_class": 5, "templates": ("a {colour} {class_name}",)}, "plan.templates: .* unknown field"),
+    ({"images_per_class": 5, "templates": ()}, "plan.templates: must hold at least 1 item"),
+    ({"images_per_class": 5, "bogus": 1}, "plan.bogus: unknown parameter"),
     ({"images_per_class": 5, "classes": ("11",)}, "unknown class"),
     ({"images_per_class": 5, "oversample": 0.5}, "oversample"),
 ])

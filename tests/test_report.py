@@ -11,7 +11,7 @@ def write(path, obj):
 
 
 def classifier(pool, top1, frac, n):
-    return {"pool": pool, "top1": top1, "synthetic_fraction": frac, "n_train": n, "seconds": 3.0, "per_class": {}}
+    return {"pool": pool, "top1": top1, "synthetic_fraction": frac, "n_train": n, "per_class": {}}
 
 
 def test_report_tables_and_fraction_plot(tmp_path):
@@ -24,10 +24,15 @@ def test_report_tables_and_fraction_plot(tmp_path):
     write(tmp_path / "metrics/bias.json", {"train_correlation": 0.95, "test_correlation": 0.1, "pools": {
         "biased": {"n_train": 1400, "synthetic_fraction": 0.0, "top1": 0.8, "consistent_top1": 0.99,
                    "flipped_top1": 0.78, "gap": 0.21}}})
-    m = load_metrics(tmp_path, ["real", "half", "absent"], ["synthetic"])
+    write(tmp_path / "reports/timings/train_classifier/real.json", {"seconds": 3.0, "images_per_second": 9.0})
+    m = load_metrics(["real", "half", "absent"], ["synthetic"], classifier=tmp_path / "metrics/classifier",
+                     contrastive=tmp_path / "metrics/contrastive", evaluate=tmp_path / "metrics/evaluate.json",
+                     bias=tmp_path / "metrics/bias.json", curate=tmp_path / "reports/curate.json",
+                     classifier_timings=tmp_path / "reports/timings/train_classifier")
     assert m["classifier"]["absent"] is None and m["evaluate"] is None
     md = render(m)
-    assert "| real | 800 | 0.0% | 98.0% |" in md
+    assert "| real | 800 | 0.0% | 98.0% | 3 |" in md  # seconds from the timings, not the metrics
+    assert "| half | 800 | 50.0% | 97.0% | n/a |" in md
     assert "| absent | missing |" in md  # a missing metrics file is reported, not filled in
     assert "| synthetic (1000 images) | 90.0% / 80.0% | 95.0% | skipped |" in md
     assert "| biased | 1400 | 0.0% | 80.0% | 99.0% | 78.0% | +21.0 pt |" in md

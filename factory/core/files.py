@@ -13,6 +13,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from factory.core.errors import FactoryError
+
+
+def parse_json(raw: bytes | str, path: Path | str, *, error: type[FactoryError] = FactoryError) -> Any:
+    """Parse JSON text read from ``path``; bad JSON raises ``error("<path>: not valid JSON (<reason>)")``."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_json(path: Path | str, *, what: str = "file", error: type[FactoryError] = FactoryError) -> Any:
+    """The one JSON file reader: a missing file raises ``error("<path>: no such <what>")``, bad JSON
+    ``error("<path>: not valid JSON (<reason>)")``; ``error`` is FactoryError or a subclass."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: unreadable {what} ({exc.strerror or exc})") from None
+    return parse_json(raw, path, error=error)
+
 
 def dumps_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, so the same record always gives the same bytes."""

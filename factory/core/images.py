@@ -1,17 +1,21 @@
-"""Pixel helpers: colour-mode detection and the one conversion of an image to model pixels.
+"""Pixel helpers: colour-mode detection and the one conversion of an image to model pixels and
+tensors (``(C, H, W)`` float in [-1, 1], the embedded models' view).
 """
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 COLOUR_MODES = ("RGB", "RGBA", "CMYK", "P")
 
 
-def _image_mode(modes: set[str]) -> str:
-    """"RGB" when any image is in a colour mode, else "L" (grayscale)."""
-    return "RGB" if modes & set(COLOUR_MODES) else "L"
+def colour_mode(images: Iterable[Image.Image]) -> str:
+    """"RGB" when any image is in a colour mode (:data:`COLOUR_MODES`), else "L" (grayscale)."""
+    return "RGB" if {im.mode for im in images} & set(COLOUR_MODES) else "L"
 
 
 def to_model_pixels(im: Image.Image, mode: str, size: int) -> np.ndarray:
@@ -26,3 +30,21 @@ def to_model_pixels(im: Image.Image, mode: str, size: int) -> np.ndarray:
         im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _unit(px: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return px.float().div(127.5).sub(1.0)
+
+
+def image_to_tensor(im: Image.Image, mode: str, size: int) -> torch.Tensor:
+    """One image -> ``(C, size, size)`` float tensor in [-1, 1] (a channels-last view of its pixels)."""
+    return _unit(torch.from_numpy(np.array(to_model_pixels(im, mode, size))).permute(2, 0, 1))
+
+
+def images_to_tensor(images: Sequence[Image.Image], mode: str, size: int) -> torch.Tensor:
+    """Images -> contiguous ``(N, C, size, size)`` float tensor in [-1, 1]."""
+    if not images:
+        return torch.empty(0, 1 if mode == "L" else 3, size, size)
+    px = np.stack([to_model_pixels(im, mode, size) for im in images])
+    return _unit(torch.from_numpy(px).permute(0, 3, 1, 2)).contiguous()

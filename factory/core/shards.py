@@ -23,7 +23,15 @@ import webdataset as wds
 
 from factory import __version__
 from factory.core.errors import DatasetError, FactoryError
-from factory.core.files import _fsync_dir, atomic_write_bytes, dumps_json, file_sha256, replace_dir, staging_dir
+from factory.core.files import (
+    _fsync_dir,
+    atomic_write_bytes,
+    dumps_json,
+    file_sha256,
+    parse_json,
+    replace_dir,
+    staging_dir,
+)
 from factory.core.sample import IMAGE_EXTS, Sample, build_epoch, validate_record
 
 log = logging.getLogger(__name__)
@@ -246,10 +254,7 @@ class Dataset:
         if not index_path.is_file():
             raise DatasetError(f"{self.path}: not a factory dataset (no {INDEX_NAME})")
         raw = index_path.read_bytes()
-        try:
-            index = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{index_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        index = parse_json(raw, index_path, error=DatasetError)
         if not isinstance(index, dict) or index.get("schema") != DATASET_SCHEMA:
             raise DatasetError(f"{index_path}: schema is not {DATASET_SCHEMA!r}")
         for field_name in ("name", "classes", "samples", "shards"):

@@ -9,19 +9,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from factory.config import DedupConfig
+from factory.config import default_max_distance as default_max_distance  # re-exported
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.sample import Sample
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.hashing import (
-    DEFAULT_SEMANTIC_THRESHOLD,
-    HASHES,
-    MAX_HASH_SIZE,
-    MIN_HASH_SIZE,
     Embedder,
     Pairs,
     Progress,
-    default_max_distance,
     hamming,
     hamming_pairs,
     image_hash_hex,
@@ -34,46 +31,6 @@ log = logging.getLogger(__name__)
 
 
 REPORT_SCHEMA = "factory.dedup/1"
-
-
-
-
-
-
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    """How near two images must be to count as duplicates."""
-
-    hash: str = "phash"
-    hash_size: int = 8
-    max_distance: int | None = None  # None: default_max_distance(hash_size)
-    semantic_threshold: float = DEFAULT_SEMANTIC_THRESHOLD  # used only when an embedder is given
-
-    def __post_init__(self) -> None:
-        if self.hash not in HASHES:
-            raise FactoryError(f"dedup hash must be one of {', '.join(HASHES)}; got {self.hash!r}")
-        if not isinstance(self.hash_size, int) or not MIN_HASH_SIZE <= self.hash_size <= MAX_HASH_SIZE:
-            raise FactoryError(f"dedup hash size must be an integer from {MIN_HASH_SIZE} to {MAX_HASH_SIZE}; "
-                               f"got {self.hash_size!r}")
-        if self.hash == "whash" and self.hash_size & (self.hash_size - 1):
-            raise FactoryError(f"whash needs a hash size that is a power of 2; got {self.hash_size}")
-        if self.max_distance is not None and self.max_distance < 0:
-            raise FactoryError(f"dedup max distance must be >= 0; got {self.max_distance}")
-        if self.max_distance is not None and self.max_distance >= self.bits:
-            raise FactoryError(f"dedup max distance must be below the {self.bits} bits of a "
-                               f"{self.hash_size}x{self.hash_size} hash; got {self.max_distance}")
-        if not -1.0 <= self.semantic_threshold <= 1.0:
-            raise FactoryError(f"semantic threshold is a cosine similarity in [-1, 1]; got {self.semantic_threshold}")
-
-    @property
-    def bits(self) -> int:
-        return self.hash_size * self.hash_size
-
-    @property
-    def distance(self) -> int:
-        return default_max_distance(self.hash_size) if self.max_distance is None else self.max_distance
 
 
 @dataclass

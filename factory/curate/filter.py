@@ -23,48 +23,23 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from factory.config import CurateConfig, FilterConfig
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.sample import Sample, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
-from factory.curate.dedup import DedupConfig, find_duplicates
+from factory.curate.dedup import find_duplicates
+from factory.curate.hashing import Progress
 from factory.curate.scorers.base import Scorer, class_prompts, margins
 from factory.generate.plans import Plan, read_plan
 
 log = logging.getLogger(__name__)
 
 REASONS = ("low_clip_score", "low_clip_margin", "leak", "near_duplicate", "memorized", "over_quota")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    min_score: float | None = None  # None: calibrate on real data
-    min_margin: float | None = None  # None: calibrate on real data
-    percentile: float = 5.0  # calibration: this percentile of real matched scores / margins
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.percentile < 100.0:
-            raise FactoryError(f"curate.percentile must be in [0, 100); got {self.percentile}")
-        for name in ("min_score", "min_margin"):
-            v = getattr(self, name)
-            if v is not None and not -2.0 <= v <= 2.0:
-                raise FactoryError(f"curate.{name} is a cosine (difference) in [-2, 2]; got {v}")
-
-
-@dataclass(frozen=True)
-class CurateConfig:
-    filter: FilterConfig = FilterConfig()
-    dedup: DedupConfig = DedupConfig()
-    deduplicate: bool = True  # False: the semantic-mismatch filter alone (factory filter)
-    semantic_dedup: bool = False  # also pair images whose CLIP embeddings have cosine >= threshold
-    drop_memorized: bool = False
-    rebalance: bool = True
-    seed: int = 0
 
 
 @dataclass
@@ -77,17 +52,10 @@ class Thresholds:
 
 
 def _own_text(scorer: Scorer, sample: Sample) -> str:
-    """The text an image is scored against: its own prompt. The embedded scorer knows only the
-    vocabulary of its caption templates, so it renders the prompt's class and attributes its way."""
-    from factory.curate.scorers.embedded import EmbeddedScorer
-
+    """The text an image is scored against: its own prompt, in the scorer's words (Scorer.prompt_text)."""
     prompt = sample.provenance.get("prompt") or {}
     attrs = sample.provenance.get("attributes") or prompt.get("attributes") or None
-    if isinstance(scorer, EmbeddedScorer):  # judge only the attributes the scorer was trained on
-        known = scorer.attributes
-        attrs = {a: v for a, v in (attrs or {}).items() if str(v) in known.get(a, ())} or None
-        return scorer.caption(sample.provenance["class_name"], attrs)
-    return prompt.get("text") or scorer.class_prompts([sample.provenance["class_name"]], attrs)[0]
+    return scorer.prompt_text(sample.provenance["class_name"], prompt.get("text"), attrs)
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
@@ -101,12 +69,13 @@ def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def score_samples(scorer: Scorer, dataset: Dataset, batch_size: int = 256,
-                  progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None
+def score_samples(scorer: Scorer, dataset: Dataset, batch_size: int = 256, progress: Progress | None = None
                   ) -> Iterator[tuple[Sample, float, float]]:
-    """(sample, clip, clip_margin) for every sample, streaming batch by batch."""
+    """(sample, clip, clip_margin) for every sample, streaming batch by batch; ``progress`` wraps the
+    samples as in :func:`~factory.curate.dedup.find_duplicates` (iterable, description, total)."""
     text_emb = scorer.embed_texts(class_prompts(scorer, dataset.classes))
-    samples: Iterable[Sample] = dataset if progress is None else progress(dataset)
+    samples: Iterable[Sample] = (dataset if progress is None
+                                 else progress(dataset, f"score {dataset.path.name}", len(dataset)))
     for batch in _batches(samples, batch_size):
         images = [s.pil() for s in batch]
         img = scorer.embed_images(images)
@@ -187,10 +156,11 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
            calibrate_on: Path | str | None = None, test: Iterable[Path | str] = (),
            train: Iterable[Path | str] = (), plan: Path | str | None = None,
            rejected_dir: Path | str | None = None, report_path: Path | str | None = None,
-           overwrite: bool = False, progress: Callable | None = None) -> CurateResult:
+           overwrite: bool = False, progress: Progress | None = None) -> CurateResult:
     """Curate ``raw`` into ``out_dir``. ``test``: real held-out splits (matches are leaks, always
     dropped); ``train``: real training splits (matches are memorisation, reported; dropped with
-    ``cfg.drop_memorized``); ``plan``: rebalance survivors to its target quotas."""
+    ``cfg.drop_memorized``); ``plan``: rebalance survivors to its target quotas. ``progress``
+    (iterable, description, total) -> iterable wraps the samples scored, hashed and written."""
     ds = Dataset(raw)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)
@@ -204,7 +174,7 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     scores: dict[str, tuple[float, float]] = {}
     info: dict[str, tuple[str, dict[str, Any]]] = {}
     reason: dict[str, str] = {}
-    for s, clip, margin in score_samples(scorer, ds, cfg.filter.batch_size):
+    for s, clip, margin in score_samples(scorer, ds, cfg.filter.batch_size, progress):
         scores[s.key] = (clip, margin)
         info[s.key] = (s.provenance["class_name"], s.provenance.get("attributes") or {})
         if clip < thresholds.min_score:
@@ -219,7 +189,8 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     if cfg.deduplicate:
         against = test + (train if cfg.drop_memorized else [])
         dedup = find_duplicates(ds.path, against=against, report_against=[] if cfg.drop_memorized else train,
-                                config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None)
+                                config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None,
+                                progress=progress)
         test_set, train_set = {str(p) for p in test}, {str(p) for p in train}
         for pair in dedup.pairs:
             if pair["b_dataset"] in test_set:
@@ -258,7 +229,7 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     rej_w = (DatasetWriter(rejected_dir, f"{ds.name}-rejected", ds.classes, _shard_size(ds), meta, overwrite)
              if rejected_dir is not None else None)
     try:
-        for s in ds:
+        for s in (ds if progress is None else progress(ds, f"write {out_dir.name}", len(ds))):
             t = annotated(s)
             if s.key not in reason:
                 kept_w.write(t)

@@ -41,15 +41,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from factory.config import DEFAULT_SEMANTIC_THRESHOLD
 from factory.core.errors import FactoryError
 from factory.core.sample import Sample
 
 log = logging.getLogger(__name__)
 
 
-HASHES = ("phash", "dhash", "whash")
-MIN_HASH_SIZE, MAX_HASH_SIZE = 2, 32
-DEFAULT_SEMANTIC_THRESHOLD = 0.95
 
 
 MAX_BLOCK_BITS = 22  # bucket tables hold 2**bits int32 counts: at most 16 MiB each
@@ -424,18 +422,3 @@ def image_hash_hex(image: Any, method: str = "phash", hash_size: int = 8) -> str
 
     fn = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash}[method]
     return str(fn(image, hash_size=hash_size))
-
-
-
-
-def default_max_distance(hash_size: int) -> int:
-    """The default Hamming radius: 1/8 of the bits up to 8x8 (8 for a 64-bit hash), 3/16 above
-    (48 for a 256-bit hash).
-
-    Measured with phash on the 2,000 imagenette-mini train photos (``bench/dedup.py --real``): at 8
-    of 64 bits, JPEG-70 and 0.8x-resized copies are all found, 2%-cropped ones 98%, 3%-cropped 80%,
-    and 1 of the 2 million pairs of distinct photos matches; 16x16 phashes of distinct photos lie
-    further apart (none within 72 of 256 bits), and 48 finds 98.6% of the 2%-crops.
-    """
-    bits = hash_size * hash_size
-    return max(1, bits // 8) if hash_size <= 8 else 3 * bits // 16

@@ -21,24 +21,18 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from factory.core.errors import FactoryError
-from factory.core.images import to_model_pixels
+from factory.core.images import image_to_tensor
+from factory.core.shards import Dataset
 from factory.data.pools import read_pool
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def to_tensor(im: Image.Image, mode: str, size: int) -> torch.Tensor:
-    """A PIL image -> ``(C, size, size)`` float tensor in [-1, 1] (the embedded models' view)."""
-    px = to_model_pixels(im, mode, size)
-    return torch.from_numpy(np.array(px)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 def standard_augmentation(*, seed: int = 0, degrees: float = 10.0, translate: float = 0.1,
@@ -80,11 +74,9 @@ class PoolStream(IterableDataset):
         self.classes: list[str] = list(self.pool["classes"])
         self._wanted: dict[str, frozenset[str]] = {}
         for comp in self.pool["components"]:
-            root = Path(comp["dataset"]["path"])
-            index = json.loads((root / "index.json").read_text())
             keys = frozenset(comp["keys"])
-            for shard in index["shards"]:
-                self._wanted[str(root / shard["name"])] = keys
+            for url in Dataset(comp["dataset"]["path"]).urls():
+                self._wanted[url] = keys
         self.urls = list(self._wanted)
         self._any_key = frozenset().union(*self._wanted.values()) if self._wanted else frozenset()
 
@@ -108,7 +100,7 @@ class PoolStream(IterableDataset):
         if ext is None:
             raise FactoryError(f"{sample['__url__']}: sample {sample['__key__']!r} has no image member")
         with Image.open(io.BytesIO(sample[ext])) as im:
-            x = to_tensor(im, self.mode, self.image_size)
+            x = image_to_tensor(im, self.mode, self.image_size)
         meta = None
         if self.with_meta:
             rec = json.loads(sample["json"])

@@ -21,81 +21,18 @@ so adding a pool or growing one component never changes another pool's draw.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from factory.config import Component, PoolSpec
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, dumps_json
+from factory.core.files import atomic_write_bytes, dumps_json, read_json
 from factory.core.quota import largest_remainder
 from factory.core.shards import Dataset
 
 POOL_SCHEMA = "factory.pool/1"
-_COMPONENT_KEYS = {"dataset", "count", "fraction", "per_class"}
-
-
-@dataclass(frozen=True)
-class Component:
-    """One dataset of a pool and how much of it to draw (at most one of count, fraction, per_class)."""
-
-    dataset: str
-    count: int | None = None
-    fraction: float | None = None
-    per_class: int | None = None
-
-    def __post_init__(self) -> None:
-        given = [n for n in ("count", "fraction", "per_class") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise FactoryError(f"pool component {self.dataset}: give at most one of count, fraction, per_class; "
-                               f"got {', '.join(given)}")
-        if self.count is not None and (not isinstance(self.count, int) or self.count <= 0):
-            raise FactoryError(f"pool component {self.dataset}: count must be a positive integer; got {self.count!r}")
-        if self.per_class is not None and (not isinstance(self.per_class, int) or self.per_class <= 0):
-            raise FactoryError(f"pool component {self.dataset}: per_class must be a positive integer; "
-                               f"got {self.per_class!r}")
-        if self.fraction is not None and not (0 < float(self.fraction) <= 1):
-            raise FactoryError(f"pool component {self.dataset}: fraction must be in (0, 1]; got {self.fraction!r}")
-
-    def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in (("count", self.count), ("fraction", self.fraction),
-                                  ("per_class", self.per_class)) if v is not None} or {"all": True}
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    name: str
-    components: tuple[Component, ...]
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
-            raise FactoryError(f"pool name {self.name!r} must be a plain file name (no slashes, no leading dot)")
-        if not self.components:
-            raise FactoryError(f"pool {self.name}: needs at least one dataset")
-        paths = [c.dataset for c in self.components]
-        if len(set(paths)) != len(paths):
-            raise FactoryError(f"pool {self.name}: a dataset is listed twice ({paths})")
-
-    @classmethod
-    def from_params(cls, name: str, spec: Any, seed: int = 0) -> "PoolSpec":
-        """``params.yaml`` form: a list of ``{dataset, count|fraction|per_class}`` mappings."""
-        if not isinstance(spec, Sequence) or isinstance(spec, (str, bytes)):
-            raise FactoryError(f"pools.{name}: must be a list of {{dataset: PATH, count|fraction|per_class: N}}")
-        comps = []
-        for i, c in enumerate(spec):
-            if isinstance(c, str):
-                c = {"dataset": c}
-            if not isinstance(c, Mapping) or "dataset" not in c:
-                raise FactoryError(f"pools.{name}[{i}]: must be a mapping with a 'dataset' key")
-            unknown = set(c) - _COMPONENT_KEYS
-            if unknown:
-                raise FactoryError(f"pools.{name}[{i}]: unknown key(s) {sorted(unknown)}; "
-                                   f"allowed: {sorted(_COMPONENT_KEYS)}")
-            comps.append(Component(str(c["dataset"]), c.get("count"), c.get("fraction"), c.get("per_class")))
-        return cls(name, tuple(comps), seed)
 
 
 def _component_rng(seed: int, pool: str, index: int) -> np.random.Generator:
@@ -178,12 +115,7 @@ def write_pool(pool: Mapping[str, Any], path: Path | str) -> None:
 def read_pool(path: Path | str, *, check: bool = True) -> dict[str, Any]:
     """Load a pool record; with ``check``, fail when a dataset it names is gone or has changed."""
     path = Path(path)
-    if not path.is_file():
-        raise FactoryError(f"{path}: no such pool file")
-    try:
-        pool = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FactoryError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    pool = read_json(path, what="pool file")
     if not isinstance(pool, dict) or pool.get("schema") != POOL_SCHEMA:
         raise FactoryError(f"{path}: schema is not {POOL_SCHEMA!r}")
     if check:
@@ -195,14 +127,3 @@ def read_pool(path: Path | str, *, check: bool = True) -> dict[str, Any]:
                                    f"(index sha256 {ds.index_sha256[:12]} != {ref['index_sha256'][:12]}); "
                                    "rebuild the pool")
     return pool
-
-
-@dataclass(frozen=True)
-class PoolsConfig:
-    """The ``pools`` section: a seed and the named specs."""
-
-    specs: tuple[PoolSpec, ...] = field(default_factory=tuple)
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any], seed: int) -> "PoolsConfig":
-        return cls(tuple(PoolSpec.from_params(str(name), spec, seed) for name, spec in section.items()))

@@ -16,76 +16,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import string
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from factory.config import AttributeAxis, PlanConfig
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.quota import largest_remainder
 from factory.core.sample import sanitize_key
 
 PLAN_SCHEMA = "factory.plan/1"
-
-
-@dataclass(frozen=True)
-class AttributeAxis:
-    name: str
-    values: tuple[str, ...]
-    weights: tuple[float, ...]  # normalised to sum to 1
-
-    @classmethod
-    def make(cls, name: str, values: Sequence[str], weights: Sequence[float] | None = None) -> "AttributeAxis":
-        if not values:
-            raise FactoryError(f"plan.attributes.{name}: needs at least one value")
-        if len(set(values)) != len(values):
-            raise FactoryError(f"plan.attributes.{name}: values must be unique")
-        if weights is None:
-            weights = [1.0] * len(values)
-        if len(weights) != len(values):
-            raise FactoryError(f"plan.attributes.{name}: {len(weights)} weights for {len(values)} values")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise FactoryError(f"plan.attributes.{name}: weights must be >= 0 with a positive sum")
-        total = float(sum(weights))
-        return cls(name, tuple(str(v) for v in values), tuple(float(w) / total for w in weights))
-
-
-@dataclass(frozen=True)
-class PlanConfig:
-    """What to make. ``classes`` None means every class of the real dataset."""
-
-    images_per_class: int
-    images_per_prompt: int = 1
-    templates: tuple[str, ...] = ("a photo of a {class_name}",)
-    attributes: tuple[AttributeAxis, ...] = ()
-    classes: tuple[str, ...] | None = None
-    oversample: float = 1.0  # make this many times the target, so curation can subsample to it
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.images_per_class <= 0:
-            raise FactoryError(f"plan.images_per_class must be > 0; got {self.images_per_class}")
-        if self.images_per_prompt <= 0:
-            raise FactoryError(f"plan.images_per_prompt must be > 0; got {self.images_per_prompt}")
-        if self.oversample < 1.0:
-            raise FactoryError(f"plan.oversample must be >= 1; got {self.oversample}")
-        if not self.templates:
-            raise FactoryError("plan.templates: needs at least one template")
-        allowed = {"class_name", *(a.name for a in self.attributes)}
-        for t in self.templates:
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-            except ValueError as exc:
-                raise FactoryError(f"plan.templates: bad template {t!r} ({exc})") from None
-            unknown = fields - allowed
-            if unknown:
-                raise FactoryError(f"plan.templates: {t!r} uses unknown field(s) {sorted(unknown)}; "
-                                   f"allowed: {sorted(allowed)}")
-        names = [a.name for a in self.attributes]
-        if len(set(names)) != len(names):
-            raise FactoryError("plan.attributes: axis names must be unique")
 
 
 @dataclass(frozen=True)

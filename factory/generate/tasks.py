@@ -18,65 +18,22 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from factory import __version__
+from factory.config import GenerateConfig, GeneratorSpec, SamplerConfig
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, file_sha256, staging_dir
+from factory.core.files import atomic_write_bytes, file_sha256, read_json, staging_dir
 from factory.core.sample import synthetic_sample
 from factory.core.shards import INDEX_NAME, ShardInfo, make_index, publish, shard_name, write_shard
-from factory.generate.backends.base import Generator, GenRequest, SamplerConfig
+from factory.generate.backends.base import Generator, GenRequest
 from factory.generate.plans import Plan, PlanRow, read_plan
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("embedded", "diffusers")
-EXECUTORS = ("local", "ray")
 RUN_FILE = "run.json"
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """Which generator to load: enough to load it again in another process (Ray workers)."""
-
-    backend: str
-    model: str
-    sampler: SamplerConfig = SamplerConfig()
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise FactoryError(f"generate.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    address: str | None = None  # None: start a local instance
-    num_cpus: int | None = None  # CPUs of a local instance (None: all)
-    cpus_per_task: float = 1.0
-    gpus_per_task: float = 0.0
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    generator: GeneratorSpec
-    shard_size: int = 512
-    executor: Literal["local", "ray"] = "local"
-    ray: RayConfig = RayConfig()
-    name: str = "synthetic"
-    parents: tuple[dict[str, Any], ...] | None = None  # None: the generator's own (embedded)
-
-    def __post_init__(self) -> None:
-        if self.shard_size < 1:
-            raise FactoryError(f"generate.shard_size must be >= 1; got {self.shard_size}")
-        if self.executor not in EXECUTORS:
-            raise FactoryError(f"generate.executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
-        batch = self.generator.sampler.batch_size
-        if self.shard_size % batch and self.shard_size > batch:
-            log.warning("generate.shard_size %d is not a multiple of batch_size %d: the last micro-batch of "
-                        "every shard is padded to a full batch (%.0f%% of the sampling work wasted)",
-                        self.shard_size, batch, 100 * (batch - self.shard_size % batch) / self.shard_size)
 
 
 def load_generator(spec: GeneratorSpec) -> Generator:
@@ -121,21 +78,16 @@ def request(row: PlanRow) -> GenRequest:
                       attributes=dict(row.attributes))
 
 
-def generator_generation(gen: Generator) -> int:
-    """1 for a model trained on real data; k+1 for one trained on generation-k data."""
-    return int(getattr(gen, "generation", 1))
-
-
 def check_plan(plan: Plan, gen: Generator) -> None:
     """Plan/generator mismatches fail before anything is generated."""
-    known = getattr(gen, "classes", None)
+    known = gen.classes
     if known is not None:
         for cls in plan.header["plan_classes"]:
             label = plan.classes.index(cls)
             if label >= len(known) or known[label] != cls:
                 raise FactoryError(f"plan class {cls!r} (label {label}) is not label {label} of the generator "
                                    f"(it knows {known}); rebuild the plan from the generator's training data")
-    axes = getattr(gen, "attributes", None)
+    axes = gen.attributes
     if axes is not None:
         for axis, values in plan.header["target"]["attributes"].items():
             if axis not in axes:
@@ -149,7 +101,7 @@ def check_plan(plan: Plan, gen: Generator) -> None:
 def _samples(rows: Sequence[PlanRow], gen: Generator, parents: list[dict[str, Any]],
              on_batch: Callable[[int], None] | None) -> Iterator:
     describe = gen.describe()
-    generation = generator_generation(gen)
+    generation = gen.generation
     bs = gen.sampler.batch_size
     for start in range(0, len(rows), bs):
         batch = rows[start:start + bs]
@@ -197,8 +149,8 @@ def _prepare_staging(staging: Path, fingerprint: dict[str, Any]) -> None:
     run_file = staging / RUN_FILE
     if staging.exists():
         try:
-            previous = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            previous = read_json(run_file, what="run file")
+        except FactoryError:
             previous = None
         if previous == fingerprint:
             return
@@ -219,9 +171,14 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     plan = read_plan(plan_path)
     if not plan.rows:
         raise FactoryError(f"{plan_path}: the plan has no rows")
+    batch = cfg.batch_size
+    if cfg.shard_size % batch and cfg.shard_size > batch:
+        log.warning("generate.shard_size %d is not a multiple of batch_size %d: the last micro-batch of "
+                    "every shard is padded to a full batch (%.0f%% of the sampling work wasted)",
+                    cfg.shard_size, batch, 100 * (batch - cfg.shard_size % batch) / cfg.shard_size)
     gen = cached_generator(cfg.generator)  # loads and validates the model before any work
     check_plan(plan, gen)
-    parents = [dict(p) for p in (cfg.parents if cfg.parents is not None else getattr(gen, "parents", []))]
+    parents = [dict(p) for p in (cfg.parents if cfg.parents is not None else gen.parents)]
     describe = gen.describe()
     staging = staging_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +211,7 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     for row in plan.rows:
         counts[row.class_name] = counts.get(row.class_name, 0) + 1
     meta = {"plan": {"path": str(plan_path), "sha256": plan.sha256(), "rows": len(plan.rows)},
-            "generator": describe, "parents": parents, "generation": generator_generation(gen)}
+            "generator": describe, "parents": parents, "generation": gen.generation}
     index = make_index(cfg.name, plan.classes, shards, counts, meta)
     (staging / RUN_FILE).unlink()
     publish(staging, out_dir, index)
@@ -323,7 +280,7 @@ def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None
                             height=g.get("height"), width=g.get("width"),
                             dtype=g.get("dtype") if g.get("dtype") in ("float32", "float16", "bfloat16") else "auto",
                             device=device, batch_size=int(g.get("batch_size", 1)))
-    spec = GeneratorSpec(g["backend"], model or g["model"], sampler)
+    spec = GeneratorSpec(backend=g["backend"], model=model or g["model"], sampler=sampler)
     gen = load_generator(spec)
     prompt = rec["prompt"]
     data = gen.generate([GenRequest(key=key, label=rec["label"], class_name=rec["class_name"], text=prompt["text"],
@@ -337,4 +294,4 @@ def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None
 
 
 def spec_dict(spec: GeneratorSpec) -> dict[str, Any]:
-    return {"backend": spec.backend, "model": spec.model, "sampler": asdict(spec.sampler)}
+    return {"backend": spec.backend, "model": spec.model, "sampler": spec.sampler.model_dump()}

@@ -14,16 +14,23 @@ are rare in the real data), mixed into the training pool.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 
+from factory.config import ClassifierConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.data.ingest import stratified_test_keys
 from factory.data.sources import open_source
+from factory.train.classifier import train_classifier
+from factory.train.reference import load_split, predict
+
+log = logging.getLogger(__name__)
 
 
 def make_bias_splits(train_source: str, test_source: str, train_out: Path | str, test_out: Path | str, *,
@@ -104,3 +111,26 @@ def split_accuracy(pred: torch.Tensor, y: torch.Tensor, consistent: torch.Tensor
     return {"top1": acc(torch.ones_like(consistent)), "consistent_top1": cons, "flipped_top1": flip,
             "gap": round(cons - flip, 6) if cons is not None and flip is not None else None,
             "n_consistent": int(consistent.sum()), "n_flipped": int((~consistent).sum())}
+
+
+def bias_benchmark(train: Dataset | str | Path, test: Dataset | str | Path, pools: Mapping[str, str | Path],
+                   cfg: ClassifierConfig, axis: str = "color",
+                   live: Callable[[str], ContextManager[Any]] | None = None) -> dict[str, Any]:
+    """A classifier trained on each of ``pools`` (name -> pool file), tested on the attribute-randomised
+    ``test`` split: accuracy overall, on the images whose ``axis`` value is their class's majority value in
+    the biased ``train`` split and on the others, and the gap. ``live(name)``: a dvclive ``Live`` (as a
+    context manager) for a pool's training curves, or None. JSON-ready."""
+    test = test if isinstance(test, Dataset) else Dataset(test)
+    consistent = consistency_mask(test, majority_attribute(train, axis), axis)
+    results: dict[str, Any] = {"train_correlation": round(attribute_correlation(train, axis), 6),
+                               "test_correlation": round(attribute_correlation(test, axis, train), 6), "pools": {}}
+    for name, pool in pools.items():
+        with live(name) if live is not None else contextlib.nullcontext() as lv:
+            model, metrics = train_classifier(pool, test, cfg, live=lv)
+        x, y, _, _ = load_split(test, cfg.image_size, metrics["mode"])
+        model.eval()
+        row = split_accuracy(predict(model, x), y, consistent)
+        row.update(n_train=metrics["n_train"], synthetic_fraction=metrics["synthetic_fraction"])
+        results["pools"][name] = row
+        log.info("bias benchmark %s: %s", name, row)
+    return results

@@ -12,10 +12,11 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from factory.core.errors import FactoryError
+from factory.core.images import images_to_tensor
 from factory.core.shards import Dataset
 from factory.measure.features import DEFAULT_BATCH_SIZE, FeatureExtractor, _extract, _open
 from factory.measure.metrics import DEFAULT_K, attribute_balance, class_balance, class_metrics
-from factory.train.reference import ReferenceCNN, images_to_tensor, predict
+from factory.train.reference import ReferenceCNN, predict
 
 log = logging.getLogger(__name__)
 

@@ -12,38 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from factory.config import Component, EvaluationConfig, PoolSpec
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
-from factory.data.pools import Component, PoolSpec, build_pool
+from factory.data.pools import build_pool
 from factory.measure.dataset_eval import evaluate_dataset
 from factory.measure.features import feature_extractor
 from factory.measure.recognition import train_reference_classifier
-from factory.train.classifier import ClassifierConfig, train_classifier
+from factory.train.classifier import train_classifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    reference: str = "data/real/test"
-    train: str = "data/real/train"
-    encoder: str = "clip"
-    encoder_path: str = "models/clip"
-    k: int = 5
-    reference_epochs: int = 10
-    datasets: Mapping[str, str] = field(default_factory=dict)
-    cas: tuple[str, ...] = ()           # names of datasets to train a classifier on alone
-    guidance: tuple[str, ...] = ()      # names of datasets that make the guidance trade-off plot
-    classifier: ClassifierConfig = ClassifierConfig()
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = [n for n in self.cas if n not in self.datasets]
-        if unknown:
-            raise FactoryError(f"evaluate.cas: {unknown} are not in evaluate.datasets ({sorted(self.datasets)})")
 
 
 def generator_settings(dataset: Dataset) -> dict[str, Any]:
@@ -83,7 +63,7 @@ def evaluate_datasets(cfg: EvaluationConfig, progress=None) -> dict[str, Any]:
                                "per_class": metrics["per_class"],
                                "recognition_per_class": (metrics.get("recognition") or {}).get("per_class")}
         if name in cfg.cas:
-            pool = build_pool(PoolSpec(f"cas-{name}", (Component(str(path)),), cfg.seed))
+            pool = build_pool(PoolSpec(name=f"cas-{name}", components=(Component(dataset=str(path)),), seed=cfg.seed))
             _, cas = train_classifier(pool, cfg.reference, cfg.classifier)
             row["cas"] = cas["top1"]
             row["cas_per_class"] = cas["per_class"]

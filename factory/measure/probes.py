@@ -1,15 +1,28 @@
-"""Linear probes of a frozen encoder: features, a logistic-regression probe on real data, few-shot subsets.
+"""Linear probes of a frozen encoder: features, a logistic-regression probe on real data, few-shot subsets;
+and the contrastive benchmark of a pool (each method's encoder trained on it, then probed on real data).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from factory.config import ContrastiveConfig
 from factory.core.errors import FactoryError
-from factory.train.contrastive import ContrastiveEncoder
+from factory.core.shards import Dataset
+from factory.data.loader import load_pool_tensors
+from factory.data.pools import read_pool
+from factory.train.classifier import detect_mode
+from factory.train.contrastive import ContrastiveEncoder, train_contrastive
+from factory.train.reference import load_split
+
+log = logging.getLogger(__name__)
+
+FEW_SHOT = 10  # the few-shot probe: 10 real labelled images per class
 
 
 @torch.inference_mode()
@@ -74,3 +87,37 @@ def few_shot_indices(labels: Sequence[int] | torch.Tensor, per_class: int, seed:
         idx = torch.nonzero(y == c).flatten()
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     return torch.sort(torch.cat(picks)).values
+
+
+def contrastive_benchmark(pool: Mapping[str, Any] | str | Path, train: Dataset | str | Path,
+                          test: Dataset | str | Path, base: ContrastiveConfig, methods: Sequence[str],
+                          per_class: int = FEW_SHOT) -> dict[str, Any]:
+    """An encoder of each of ``methods`` (SimCLR, StableRep, StableRep+) trained on ``pool`` with ``base``,
+    scored by a linear probe fit on all of the REAL ``train`` split and one fit on ``per_class`` real
+    images per class, both tested on the REAL ``test`` split. The StableRep methods are skipped (with the
+    reason) when no prompt group of the pool has two images. JSON-ready; each method's ``seconds`` is
+    wall-clock time."""
+    pool = read_pool(pool) if isinstance(pool, (str, Path)) else dict(pool)
+    mode = detect_mode(pool)
+    x, _, groups, texts, _ = load_pool_tensors(pool, image_size=base.image_size, mode=mode)
+    train_x, train_y, _, classes = load_split(train, base.image_size, mode)
+    test_x, test_y, _, _ = load_split(test, base.image_size, mode)
+    shots = few_shot_indices(train_y, per_class, base.seed)
+    multi = len(set(groups)) < len(groups)
+    results = {"pool": pool["name"], "n_train": len(x), "synthetic_fraction": pool["synthetic_fraction"],
+               "config": base.to_dict(), "methods": {}}
+    for method in methods:
+        if method != "simclr" and not multi:
+            results["methods"][method] = {"skipped": "no prompt group has two images in this pool"}
+            log.info("contrastive %s %s: skipped (no multi-image prompt groups)", pool["name"], method)
+            continue
+        cfg = base.replace(method=method)
+        encoder, info = train_contrastive(x, groups, texts, cfg)
+        probe = linear_probe(encoder, train_x, train_y, test_x, test_y, classes, C=cfg.probe_C)
+        few = linear_probe(encoder, train_x[shots], train_y[shots], test_x, test_y, classes, C=cfg.probe_C)
+        results["methods"][method] = {"top1": round(probe["top1"], 6), "per_class": probe["per_class"],
+                                      f"top1_{per_class}shot": round(few["top1"], 6),
+                                      "final_loss": info.get("final_loss"), "seconds": info.get("seconds")}
+        log.info("contrastive %s %s: linear-probe top-1 %.4f, %d-shot %.4f", pool["name"], method,
+                 probe["top1"], per_class, few["top1"])
+    return results

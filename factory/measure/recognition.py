@@ -9,7 +9,6 @@ data is colour), same size, same bilinear resize, pixels scaled to [-1, 1].
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,9 +19,11 @@ from PIL import Image
 from torch import nn
 
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes
+from factory.core.images import images_to_tensor
+from factory.core.modelfolder import ModelFolder
 from factory.core.shards import Dataset
-from factory.train.reference import ReferenceCNN, _shift, images_to_tensor, load_split, predict
+from factory.train.loop import count_parameters, one_cycle, optimize, seeded
+from factory.train.reference import ReferenceCNN, _shift, load_split, predict
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ WEIGHTS_NAME = "classifier.safetensors"
 
 
 CONFIG_NAME = "classifier.json"
+
+
+CLASSIFIER_FOLDER = ModelFolder(kind="reference classifier", schema=CLASSIFIER_SCHEMA, weights=WEIGHTS_NAME,
+                                config=CONFIG_NAME, keys=("in_channels", "n_classes", "image_size", "width", "classes"))
 
 
 def accuracy(model: ReferenceCNN, dataset: Dataset | str | Path) -> float:
@@ -52,37 +57,32 @@ def train_reference_classifier(dataset: Dataset | str | Path, image_size: int = 
         if not isinstance(v, int) or v < lo:
             raise FactoryError(f"reference classifier {name} must be an integer >= {lo}; got {v!r}")
     x, y, mode, classes = load_split(dataset, image_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = ReferenceCNN(x.shape[1], len(classes), image_size)
     model.classes = list(classes)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(x) // batch_size)
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    sched = one_cycle(opt, lr, total)
     start = time.perf_counter()
     model.train()
     loss = torch.tensor(0.0)
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: keep it seeded and private
-        torch.manual_seed(seed + 1)
+    with seeded(seed + 1):  # dropout draws from the global RNG: keep it seeded and private
         for _ in range(epochs):
             perm = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x), batch_size):
                 idx = perm[i:i + batch_size]
                 xb = _shift(x[idx], max_shift, gen)
                 loss = nn.functional.cross_entropy(model(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                optimize(opt, loss, scheduler=sched)
     model.eval()
     info: dict[str, Any] = {
         "images": len(x), "mode": mode, "image_size": image_size, "classes": list(classes),
         "epochs": epochs, "steps": total, "seconds": round(time.perf_counter() - start, 2),
         "final_loss": round(float(loss.detach()), 5),
         "train_accuracy": round(float((predict(model, x) == y).float().mean()), 5),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(model),
     }
     if test is not None:
         info["test_accuracy"] = round(accuracy(model, test), 5)
@@ -119,27 +119,16 @@ def recognition(model: ReferenceCNN, images: Sequence[Image.Image], labels: Sequ
 
 
 def save_reference_classifier(model: ReferenceCNN, info: dict[str, Any], out_dir: Path | str) -> None:
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_NAME))
+    """The folder ``out_dir``: weights and a json config (replaced whole, atomically; a folder that is not a
+    reference classifier is never replaced)."""
     cfg = {"schema": CLASSIFIER_SCHEMA, "in_channels": model.in_channels, "n_classes": model.n_classes,
            "image_size": model.image_size, "width": model.width, "classes": model.classes, "info": info}
-    atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n")
+    CLASSIFIER_FOLDER.save(out_dir, model, cfg)
 
 
 def load_reference_classifier(model_dir: Path | str) -> tuple[ReferenceCNN, dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    d = Path(model_dir)
-    for p in (d / CONFIG_NAME, d / WEIGHTS_NAME):
-        if not p.is_file():
-            raise FactoryError(f"{p}: missing; not a reference classifier folder")
-    cfg = json.loads((d / CONFIG_NAME).read_text())
-    if cfg.get("schema") != CLASSIFIER_SCHEMA:
-        raise FactoryError(f"{d / CONFIG_NAME}: schema is not {CLASSIFIER_SCHEMA!r}")
+    cfg = CLASSIFIER_FOLDER.read(model_dir)
     model = ReferenceCNN(cfg["in_channels"], cfg["n_classes"], cfg["image_size"], cfg["width"])
-    model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+    CLASSIFIER_FOLDER.load_into(model, model_dir)
     model.classes = list(cfg["classes"])
     return model.eval(), dict(cfg.get("info", {}))

@@ -1,28 +1,22 @@
 """The results report: every stage's metrics in one Markdown page (and an HTML copy), plus plot data.
 
-Inputs are the metrics files the stages wrote (``metrics/classifier/*.json``,
+Inputs are the metrics files the stages wrote (in ``dvc.yaml``: ``metrics/classifier/*.json``,
 ``metrics/contrastive/*.json``, ``metrics/evaluate.json``, ``metrics/bias.json``,
-``reports/curate.json``); nothing is recomputed. Missing inputs are reported as missing, never
-filled in.
+``reports/curate.json``) and the classifiers' wall-clock timings (``reports/timings/train_classifier/``);
+nothing is recomputed. Missing inputs are reported as missing, never filled in.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from factory.core.errors import FactoryError
+from factory.core.files import read_json
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as exc:
-        raise FactoryError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    return read_json(path) if path.exists() else None
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -45,15 +39,24 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def load_metrics(root: Path | str = ".", pools: Sequence[str] = (), contrastive_pools: Sequence[str] = ()
+def load_metrics(pools: Sequence[str] = (), contrastive_pools: Sequence[str] = (), *,
+                 classifier: Path | str | None = None, contrastive: Path | str | None = None,
+                 evaluate: Path | str | None = None, bias: Path | str | None = None,
+                 curate: Path | str | None = None, classifier_timings: Path | str | None = None
                  ) -> dict[str, Any]:
-    root = Path(root)
+    """The metrics the report shows. ``classifier``, ``contrastive`` and ``classifier_timings`` are folders of
+    ``<pool>.json`` files (one per name of ``pools`` or ``contrastive_pools``), the others files; a file
+    that is not there reads as None (shown as missing), a folder or file not given leaves its table out."""
+    def each(folder: Path | str | None, names: Sequence[str]) -> dict[str, Any]:
+        return {} if folder is None else {p: _read(Path(folder) / f"{p}.json") for p in names}
+
     return {
-        "classifier": {p: _read(root / "metrics" / "classifier" / f"{p}.json") for p in pools},
-        "contrastive": {p: _read(root / "metrics" / "contrastive" / f"{p}.json") for p in contrastive_pools},
-        "evaluate": _read(root / "metrics" / "evaluate.json"),
-        "bias": _read(root / "metrics" / "bias.json"),
-        "curate": _read(root / "reports" / "curate.json"),
+        "classifier": each(classifier, pools),
+        "contrastive": each(contrastive, contrastive_pools),
+        "evaluate": None if evaluate is None else _read(Path(evaluate)),
+        "bias": None if bias is None else _read(Path(bias)),
+        "curate": None if curate is None else _read(Path(curate)),
+        "timings": {"classifier": each(classifier_timings, pools)},
     }
 
 
@@ -74,12 +77,13 @@ def _probe_cell(m: Mapping[str, Any] | None) -> str:
 def render(m: Mapping[str, Any]) -> str:
     """The Markdown results page."""
     out = ["# Results", ""]
-    cls = m["classifier"]
+    cls, seconds = m["classifier"], m.get("timings", {}).get("classifier", {})
     if cls:
         out += ["## Classifiers trained on each pool, tested on the REAL test split", "",
                 "Synthetic-only pools give the Classification Accuracy Score (CAS).", ""]
         out.append(table(["pool", "training images", "synthetic share", "real-test top-1", "seconds"],
-                         [[p, c["n_train"], _pct(c["synthetic_fraction"]), _pct(c["top1"]), _fmt(c["seconds"], 0)]
+                         [[p, c["n_train"], _pct(c["synthetic_fraction"]), _pct(c["top1"]),
+                           _fmt((seconds.get(p) or {}).get("seconds"), 0)]
                           if c else [p, "missing", "", "", ""] for p, c in cls.items()]))
         out.append("")
     con = m["contrastive"]

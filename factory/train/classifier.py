@@ -14,86 +14,27 @@ accuracy can be logged to a dvclive ``Live``.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from factory.config import ClassifierConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
 from factory.data.augment import augment
 from factory.data.loader import PoolStream, make_loader
 from factory.data.pools import read_pool
+from factory.train.loop import Loop, Progress, one_cycle, optimize
 from factory.train.reference import ReferenceCNN, load_split, predict
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("cnn", "resnet18", "resnet34", "resnet50")
 CACHE_LIMIT_BYTES = 1 << 30
 # the standard augmentation: small rotation, shift and zoom; no flips (digits are not symmetric) and no
 # photometric change (colour can be the label, as in the bias benchmark)
 AUGMENT = {"scale": (0.9, 1.1), "degrees": 10.0, "translate": 0.1, "brightness": 0.0, "contrast": 0.0, "noise": 0.0}
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    arch: str = "cnn"
-    width: int = 32               # cnn only
-    steps: int = 400              # optimiser steps, whatever the pool's size (fair across pool sizes)
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
-    augment: bool = True
-    image_size: int = 16
-    mode: str = "auto"            # auto (L unless the images are colour) | L | RGB
-    shuffle_buffer: int = 2000
-    num_workers: int = 0
-    cache: bool = True            # keep decoded images in memory after the first epoch (if under 1 GiB)
-    eval_every: int = 100         # steps between real-test evaluations (the last step always)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        def fail(name: str, msg: str) -> None:
-            raise FactoryError(f"classifier.{name}: {msg} (got {getattr(self, name)!r})")
-
-        if self.arch not in ARCHS:
-            fail("arch", f"must be one of {', '.join(ARCHS)}")
-        for name in ("width", "steps", "batch_size", "image_size", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                fail(name, "must be a positive integer")
-        for name in ("shuffle_buffer", "num_workers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                fail(name, "must be an integer >= 0")
-        for name in ("augment", "cache"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "must be true or false")
-        if not self.lr > 0:
-            fail("lr", "must be > 0")
-        if self.weight_decay < 0:
-            fail("weight_decay", "must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            fail("label_smoothing", "must be in [0, 1)")
-        if self.mode not in ("auto", "L", "RGB"):
-            fail("mode", "must be auto, L or RGB")
-        if self.arch == "cnn" and self.image_size % 4:
-            fail("image_size", "must be a multiple of 4 for the cnn")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FactoryError(f"classifier: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_classifier(arch: str, in_channels: int, n_classes: int, image_size: int = 16, width: int = 32) -> nn.Module:
@@ -127,7 +68,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
 
 
 def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str | Path, cfg: ClassifierConfig,
-                     *, live: Any = None, progress: Callable[[int, int, float], None] | None = None
+                     *, live: Any = None, progress: Progress | None = None
                      ) -> tuple[nn.Module, dict[str, Any]]:
     """Train on ``pool``; evaluate on the real ``test`` dataset. Returns the model and its metrics.
 
@@ -150,12 +91,12 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
     classes = pool["classes"]
     model = build_classifier(cfg.arch, 1 if mode == "L" else 3, len(classes), cfg.image_size, cfg.width)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    sched = one_cycle(opt, cfg.lr, cfg.steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if live is not None:
         for k, v in cfg.to_dict().items():
             live.log_param(f"classifier.{k}", v)
-    t0, history, result = time.perf_counter(), [], {}
+    loop, history, result = Loop("train_classifier", cfg.steps, progress=progress, logger=log), [], {}
     step, epoch, seen, running, running_n = 0, 0, 0, 0.0, 0
     while step < cfg.steps:
         stream.set_epoch(epoch)
@@ -166,10 +107,7 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
             if cfg.augment:  # batched: one affine_grid call per batch, each image its own warp
                 xb = augment(xb, gen, **AUGMENT)
             loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimize(opt, loss, scheduler=sched)
             step += 1
             got += len(yb)
             running += loss.item() * len(yb)
@@ -188,14 +126,13 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
                 log.info("pool %s step %d/%d: loss %.4f, real-test top-1 %.4f", pool["name"], step, cfg.steps,
                          row["train_loss"], row["test_top1"])
                 running, running_n = 0.0, 0
-            if progress is not None:
-                progress(step, cfg.steps, loss.item())
+            loop.record(loss, step)
             if step >= cfg.steps:
                 break
         if got == 0:
             raise FactoryError(f"pool {pool['name']}: the loader gave no samples")
         seen += got
-    seconds = time.perf_counter() - t0
+    seconds = loop.elapsed()
     metrics = {
         "pool": pool["name"],
         "top1": result["top1"],

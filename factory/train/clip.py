@@ -1,231 +1,47 @@
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import string
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from factory import __version__
+from factory.config import ClipTrainConfig
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, replace_dir
+from factory.core.files import atomic_write_bytes
+from factory.core.modelfolder import json_bytes
 from factory.core.sample import sample_attributes
 from factory.core.shards import Dataset
 from factory.curate.scorers.base import _create, attribute_phrase
 from factory.curate.scorers.embedded import (
-    DEFAULT_ATTRIBUTE_TEMPLATES,
-    DEFAULT_TEMPLATES,
-    MANIFEST_NAME,
+    MODEL_FOLDER,
     MODEL_SCHEMA,
     VOCAB_NAME,
-    WEIGHTS_NAME,
     CaptionTokenizer,
     arch_name,
     register_arch,
     resolve_class_words,
 )
-from factory.curate.scorers.openclip import INTERPOLATIONS
+from factory.train.loop import (
+    Loop,
+    Progress,
+    count_parameters,
+    optimize,
+    permutation_batches,
+    seeded,
+    torch_threads,
+    warmup_lr,
+)
 
 log = logging.getLogger(__name__)
 
 
-CLASS_WORD_MODES = ("auto", "names", "numbers")
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
 FINAL_LOSS_WINDOW = 20
-
-
-def _template_fields(t: str) -> set[str]:
-    return {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-
-
-@dataclass(frozen=True)
-class ClipTrainConfig:
-    """How to build and train the embedded scorer.
-
-    Defaults: the recipe in EMBEDDED-MODELS.md (mlp_ratio 2 gives its 0.7M parameters) plus two things
-    measured on the digits (bench/clip.py, seeds 0-2, 300 steps): 30 warm-up steps and a random shift of up
-    to 1 pixel took zero-shot top-1 on the real test split from 96.9-97.8% to 98.3-99.4%. Cosine decay
-    scored the same at 300 steps but hurts short runs (training first sits on a plateau at
-    ln(batch_size), where both towers map everything to one direction; a decayed learning rate leaves it
-    later), so it is off by default.
-
-    ``class_words`` says which word stands for each class in the captions: ``"auto"`` (number words
-    "zero".."twenty" when every class name is such a number, else the class names), ``"names"``,
-    ``"numbers"`` (fails unless every class is a number 0..20) or a mapping class name -> word.
-    """
-
-    image_size: int = 16
-    patch_size: int = 4
-    vision_width: int = 128
-    vision_layers: int = 3
-    vision_head_width: int = 32
-    embed_dim: int = 64
-    text_width: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    context_length: int = 16
-    mlp_ratio: float = 2.0
-    steps: int = 300
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    # Warm-up matters: at a constant 1e-3 from step 1 the loss can sit at ln(batch_size) (every
-    # embedding the same) for a long while, or for good (seen with shift=1 and no warm-up).
-    warmup_steps: int = 30
-    lr_schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at the last step
-    max_logit_scale: float = 100.0
-    shift: int = 1  # augmentation: random translation by up to this many pixels (at image_size), 0: off
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    attribute_templates: tuple[str, ...] = DEFAULT_ATTRIBUTE_TEMPLATES
-    attribute_caption_prob: float = 0.5
-    class_words: Any = "auto"
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    interpolation: str = "bilinear"
-    seed: int = 0
-    max_seconds: float | None = None  # stop early after this much training time (None: no cap)
-    # torch intra-op threads while training (None: torch's default, one per core). On 2 cores with one of
-    # them busy with another job, a step took 3.8 s with 2 threads, 0.6 s with 1 thread and 0.55 s with 2
-    # threads and OMP_WAIT_POLICY=PASSIVE (OpenMP's default spin-waiting fights the other job for the core).
-    # The weights' last bits may depend on it: determinism holds for the same value.
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        def fail(name: str, msg: str) -> None:
-            raise FactoryError(f"train_clip.{name} {msg}; got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-                and math.isfinite(float(v))
-
-        for name in ("image_size", "patch_size", "vision_width", "vision_layers", "vision_head_width",
-                     "embed_dim", "text_width", "text_layers", "text_heads", "steps", "batch_size"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "must be an integer >= 1")
-        if self.image_size % self.patch_size:
-            fail("image_size", f"must be a multiple of patch_size ({self.patch_size})")
-        if self.vision_width % self.vision_head_width:
-            fail("vision_width", f"must be a multiple of vision_head_width ({self.vision_head_width})")
-        if self.text_width % self.text_heads:
-            fail("text_width", f"must be a multiple of text_heads ({self.text_heads})")
-        if self.batch_size < 2:
-            fail("batch_size", "must be >= 2 (a contrastive loss needs negatives)")
-        if not is_int(self.context_length) or self.context_length < 3:
-            fail("context_length", "must be an integer >= 3")
-        if not is_num(self.mlp_ratio) or not self.mlp_ratio > 0:
-            fail("mlp_ratio", "must be a number > 0")
-        if not is_num(self.lr) or not self.lr > 0:
-            fail("lr", "must be a number > 0")
-        if not is_num(self.weight_decay) or not self.weight_decay >= 0:
-            fail("weight_decay", "must be a number >= 0")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            fail("warmup_steps", "must be an integer >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            fail("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
-        if not is_num(self.max_logit_scale) or not self.max_logit_scale > 1:
-            fail("max_logit_scale", "must be a number > 1")
-        if not is_int(self.shift) or not 0 <= self.shift < self.image_size // 2:
-            fail("shift", f"must be an integer in [0, {self.image_size // 2})")
-        if not is_num(self.attribute_caption_prob) or not 0.0 <= self.attribute_caption_prob <= 1.0:
-            fail("attribute_caption_prob", "must be in [0, 1]")
-        for name, allowed, required in (("templates", {"word", "class_name"}, None),
-                                        ("attribute_templates", {"word", "class_name", "attributes"}, "attributes")):
-            value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                fail(name, "must be a list of strings")
-            object.__setattr__(self, name, tuple(value))
-            if name == "templates" and not value:
-                fail(name, "must hold at least one template")
-            for t in value:
-                if not isinstance(t, str) or not t.strip():
-                    fail(name, "must be a list of non-empty strings")
-                try:
-                    used = _template_fields(t)
-                except ValueError as exc:
-                    raise FactoryError(f"train_clip.{name}: bad template {t!r} ({exc})") from None
-                if "" in used or used - allowed:
-                    raise FactoryError(f"train_clip.{name}: template {t!r} uses field(s) "
-                                       f"{sorted(used - allowed) or ['{}']}; allowed: {sorted(allowed)}")
-                if required and required not in used:
-                    raise FactoryError(f"train_clip.{name}: template {t!r} must contain {{{required}}}")
-        cw = self.class_words
-        if isinstance(cw, str):
-            if cw not in CLASS_WORD_MODES:
-                fail("class_words", f"must be one of {', '.join(CLASS_WORD_MODES)} or a mapping class -> word")
-        elif isinstance(cw, Mapping):
-            if not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in cw.items()):
-                fail("class_words", "must map class names to non-empty words (strings)")
-            object.__setattr__(self, "class_words", tuple(sorted(cw.items())))
-        elif not (isinstance(cw, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in cw)):  # normalised
-            fail("class_words", f"must be one of {', '.join(CLASS_WORD_MODES)} or a mapping class -> word")
-        for name in ("mean", "std"):
-            v = getattr(self, name)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(is_num(x) for x in v):
-                fail(name, "must be a list of 3 numbers")
-            object.__setattr__(self, name, tuple(float(x) for x in v))
-        if not all(x > 0 for x in self.std):
-            fail("std", "must be 3 numbers > 0")
-        if self.interpolation not in INTERPOLATIONS:
-            fail("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
-        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
-            fail("seed", "must be an integer in [0, 2**63)")
-        if self.max_seconds is not None and (not is_num(self.max_seconds) or not self.max_seconds > 0):
-            fail("max_seconds", "must be a number > 0 or null")
-        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
-            fail("threads", "must be an integer >= 1 or null")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ClipTrainConfig":
-        """Build from a mapping (e.g. a ``params.yaml`` section); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FactoryError(f"train_clip: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for name in ("templates", "attribute_templates", "mean", "std"):
-            d[name] = list(d[name])
-        if isinstance(self.class_words, tuple):
-            d["class_words"] = dict(self.class_words)
-        return d
-
-    def arch(self, vocab_size: int) -> dict[str, Any]:
-        """The open_clip model config (the JSON registered with ``add_model_config``)."""
-        return {
-            "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
-                           "layers": self.vision_layers, "head_width": self.vision_head_width,
-                           "mlp_ratio": float(self.mlp_ratio)},
-            "text_cfg": {"context_length": self.context_length, "vocab_size": int(vocab_size),
-                         "width": self.text_width, "heads": self.text_heads, "layers": self.text_layers,
-                         "mlp_ratio": float(self.mlp_ratio)},
-        }
-
-    def preprocess(self) -> dict[str, Any]:
-        return {"size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "resize_mode": "shortest"}
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass
@@ -268,13 +84,6 @@ def build_captions(cfg: ClipTrainConfig, classes: Sequence[str], labels: Sequenc
     return CaptionSet(texts, plain, with_attrs, values), words
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FactoryError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise FactoryError(f"{out_dir}: exists, is not empty and is not a scorer folder; refusing to overwrite it")
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """As open_clip's training: no weight decay on gains, biases, norms, embeddings' 1-d params and the logit scale."""
     decay, no_decay = [], []
@@ -295,16 +104,11 @@ def shift_images(padded: torch.Tensor, idx: torch.Tensor, shift: int, size: int,
 
 def learning_rate(cfg: ClipTrainConfig, step: int) -> float:
     """The learning rate of ``step`` (1-based): linear warm-up, then constant or cosine decay to 0."""
-    if step <= cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine":
-        done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
-    return cfg.lr
+    return warmup_lr(cfg.lr, step, cfg.warmup_steps, decay=cfg.lr_schedule, total_steps=cfg.steps)
 
 
 def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Path | str,
-               progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+               progress: Progress | None = None) -> dict[str, Any]:
     """Train the embedded scorer on the images of ``dataset`` and captions from templates; save to ``out_dir``.
 
     Every step draws ``batch_size`` images (consecutive random permutations of the data) and, for each,
@@ -321,7 +125,7 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     if not isinstance(cfg, ClipTrainConfig):
         raise FactoryError("train_clip needs a ClipTrainConfig")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    MODEL_FOLDER.check_target(out_dir)
     classes = dataset.classes
 
     # 1. the data: every image (small real sets: held in memory), its label and its attributes
@@ -341,23 +145,14 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     arch = cfg.arch(tokenizer.vocab_size)
     preprocess_cfg = cfg.preprocess()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    caller_threads = torch.get_num_threads()
-    try:
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+    with MODEL_FOLDER.staging(out_dir) as staging, torch_threads(cfg.threads):
         name = arch_name(arch)
         arch_file = staging / f"{name}.json"
-        atomic_write_bytes(arch_file, json.dumps(arch, indent=2, sort_keys=True).encode() + b"\n")
+        atomic_write_bytes(arch_file, json_bytes(arch))
         register_arch(arch_file)
 
         # 2. the model, initialised from the seed without disturbing the caller's global RNG
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             model, preprocess = _create(name, None, torch.device("cpu"), preprocess_cfg)
         images = torch.stack([preprocess(im) for im in pil])
         padded = torch.nn.functional.pad(images, (cfg.shift,) * 4, mode="replicate") if cfg.shift else images
@@ -377,16 +172,11 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
         gen = torch.Generator().manual_seed(cfg.seed)  # data order and caption choice
         max_log_scale = math.log(cfg.max_logit_scale)
         n = len(y)
-        order = torch.empty(0, dtype=torch.long)
-        losses: list[float] = []
-        start = time.perf_counter()
-        step = 0
-        stopped_early = False
-        for step in range(1, cfg.steps + 1):
+        batches = permutation_batches(n, min(cfg.batch_size, n), gen)
+        loop = Loop("train_clip", cfg.steps, max_seconds=cfg.max_seconds, progress=progress, logger=log)
+        for step in loop:
             # 3a. the next batch of images, from consecutive random permutations of the data
-            while len(order) < min(cfg.batch_size, n):
-                order = torch.cat([order, torch.randperm(n, generator=gen)])
-            idx, order = order[: min(cfg.batch_size, n)], order[min(cfg.batch_size, n):]
+            idx = next(batches)
             b = len(idx)
             # 3b. one caption per image: a random plain template, or (with attributes) an attribute template
             cap = plain[idx, torch.randint(0, plain.shape[1], (b,), generator=gen)]
@@ -399,35 +189,20 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
             # 3d. contrastive loss over the batch
             image_features, text_features, logit_scale = model(x, tokens[cap])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
-            lr = learning_rate(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimize(optimizer, loss, lr=learning_rate(cfg, step))
             # 3e. CLIP clamps the temperature: logit scale at most log(100)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, max_log_scale)
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step, cfg.steps, losses[-1])
-            if cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds and step < cfg.steps:
-                log.warning("train_clip: stopping after %d of %d steps (max_seconds=%s)", step, cfg.steps,
-                            cfg.max_seconds)
-                stopped_early = True
-                break
-        seconds = time.perf_counter() - start
+            loop.record(loss)
+        step, seconds = loop.step, loop.seconds
         model.eval()
 
         # 4. save: weights, vocabulary, manifest; then move the folder into place
         summary = {
-            "steps": step,
-            "stopped_early": stopped_early,
-            "seconds": round(seconds, 2),
-            "seconds_per_step": round(seconds / max(step, 1), 4),
-            "final_loss": round(float(np.mean(losses[-FINAL_LOSS_WINDOW:])), 6),
-            "first_loss": round(losses[0], 6),
-            "loss_curve": [round(float(np.mean(losses[i:i + 25])), 4) for i in range(0, len(losses), 25)],
+            **loop.summary(),
+            "final_loss": round(loop.final_loss(FINAL_LOSS_WINDOW), 6),
+            "first_loss": round(loop.losses[0], 6),
+            "loss_curve": loop.curve(25),
             "logit_scale": round(float(model.logit_scale.detach().exp()), 4),
             "parameters": n_params,
             "vocab_size": tokenizer.vocab_size,
@@ -450,24 +225,9 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
             "summary": summary,
             "factory_version": __version__,
         }
-        _save_weights(model, staging / WEIGHTS_NAME)
-        atomic_write_bytes(staging / VOCAB_NAME, json.dumps(tokenizer.to_json(), indent=1).encode() + b"\n")
-        atomic_write_bytes(staging / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        torch.set_num_threads(caller_threads)
+        MODEL_FOLDER.write_weights(staging, model)
+        atomic_write_bytes(staging / VOCAB_NAME, json_bytes(tokenizer.to_json(), indent=1, sort_keys=False))
+        MODEL_FOLDER.write_config(staging, manifest)
     log.info("saved the embedded scorer to %s: %d steps in %.0f s, final loss %.4f", out_dir, step, seconds,
              summary["final_loss"])
     return summary
-
-
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    # One metadata key only: several would be written in hash-map order and change the file's bytes.
-    save_file(state, str(path), metadata={"format": "pt"})
-    os.chmod(path, 0o644)  # safetensors creates the file private (0600); the other files are 0644

@@ -21,27 +21,23 @@ Everything is CPU-sized: the default data are 1-3k images of 16x16, the encoder 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from factory.config import METHODS as METHODS  # re-exported: the methods are the config's
+from factory.config import ContrastiveConfig
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes
+from factory.core.modelfolder import ModelFolder
 from factory.data.augment import augment
+from factory.train.loop import Loop, Progress, count_parameters, optimize, seeded, torch_threads, warmup_lr
 
 log = logging.getLogger(__name__)
-
-
-METHODS = ("simclr", "stablerep", "stablerep_plus")
 
 
 ENCODER_SCHEMA = "factory.contrastive-encoder/1"
@@ -53,6 +49,10 @@ WEIGHTS_NAME = "encoder.safetensors"
 CONFIG_NAME = "encoder.json"
 
 
+ENCODER_FOLDER = ModelFolder(kind="contrastive encoder", schema=ENCODER_SCHEMA, weights=WEIGHTS_NAME,
+                             config=CONFIG_NAME, keys=("in_channels", "width", "embed_dim", "image_size"))
+
+
 FINAL_LOSS_WINDOW = 10
 
 
@@ -60,88 +60,6 @@ MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the image-text logit scale
 
 
 INIT_LOGIT_SCALE = 1 / 0.07  # CLIP's initial logit scale (temperature 0.07)
-
-
-@dataclass(frozen=True)
-class ContrastiveConfig:
-    """How to build, train and probe a contrastive encoder.
-
-    ``images_per_group`` is for StableRep: a batch is ``batch_size // images_per_group`` whole groups (e.g.
-    prompts), up to ``images_per_group`` images of each, so every image in it has positives. SimCLR uses
-    ``batch_size`` images, two views each (``2 * batch_size`` views through the encoder per step).
-    The augmentation (:func:`augment`) is on for every method; ``noise`` is its gaussian noise std.
-    """
-
-    method: str = "simclr"
-    steps: int = 300
-    batch_size: int = 256
-    images_per_group: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-4  # AdamW
-    warmup_steps: int = 10  # linear warm-up of the learning rate, then constant
-    temperature: float = 0.1  # of the image-image losses (SimCLR, StableRep)
-    width: int = 32  # backbone channels: width, then 2 * width (the feature size)
-    embed_dim: int = 64  # projection (and text) embedding size
-    text_weight: float = 0.5  # StableRep+: loss = image-image + text_weight * image-text
-    image_size: int = 16
-    noise: float = 0.02  # augmentation: gaussian noise std (pixels in [-1, 1]); 0: off
-    seed: int = 0
-    probe_C: float = 1.0  # inverse L2 strength of the logistic-regression probe: linear_probe(..., C=probe_C)
-    # torch intra-op threads while training (None: torch's default); see ClipTrainConfig.threads.
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        def fail(name: str, msg: str) -> None:
-            raise FactoryError(f"contrastive.{name} {msg}; got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-                and math.isfinite(float(v))
-
-        if self.method not in METHODS:
-            fail("method", f"must be one of {', '.join(METHODS)}")
-        for name in ("steps", "width", "embed_dim", "images_per_group"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "must be an integer >= 1")
-        if not is_int(self.batch_size) or self.batch_size < 2:
-            fail("batch_size", "must be an integer >= 2 (a contrastive loss needs negatives)")
-        if self.method != "simclr":
-            if self.images_per_group < 2:
-                fail("images_per_group", "must be >= 2 for StableRep (each image needs a positive)")
-            if self.batch_size // self.images_per_group < 2:
-                fail("batch_size", f"must hold at least 2 groups of images_per_group ({self.images_per_group})")
-        if not is_int(self.image_size) or self.image_size < 4:
-            fail("image_size", "must be an integer >= 4")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            fail("warmup_steps", "must be an integer >= 0")
-        for name in ("lr", "temperature", "probe_C"):
-            if not is_num(getattr(self, name)) or not getattr(self, name) > 0:
-                fail(name, "must be a number > 0")
-        for name in ("weight_decay", "text_weight", "noise"):
-            if not is_num(getattr(self, name)) or not getattr(self, name) >= 0:
-                fail(name, "must be a number >= 0")
-        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
-            fail("seed", "must be an integer in [0, 2**63)")
-        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
-            fail("threads", "must be an integer >= 1 or null")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ContrastiveConfig":
-        """Build from a mapping (e.g. a ``params.yaml`` section); unknown keys are an error."""
-        if not isinstance(d, Mapping):
-            raise FactoryError(f"contrastive: expected a mapping of parameters; got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FactoryError(f"contrastive: unknown key(s) {', '.join(map(str, unknown))}; "
-                               f"allowed: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -212,10 +130,6 @@ class BagOfWordsEncoder(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         ids, offsets = self.tokenize(texts)
         return F.normalize(self.proj(self.embed(ids, offsets)), dim=-1)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -324,16 +238,9 @@ def _check_images(images: torch.Tensor, cfg: ContrastiveConfig) -> None:
         raise FactoryError(f"train_contrastive: {len(images)} image(s); a contrastive loss needs at least 2")
 
 
-def _learning_rate(cfg: ContrastiveConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` (step counts from 1), then constant."""
-    if cfg.warmup_steps and step <= cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
-    return cfg.lr
-
-
 def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.Tensor | None,
                       texts: Sequence[str] | None, cfg: ContrastiveConfig,
-                      progress: Callable[[int, int, float], None] | None = None,
+                      progress: Progress | None = None,
                       ) -> tuple[ContrastiveEncoder, dict[str, Any]]:
     """Train a :class:`ContrastiveEncoder` on ``images`` ``(N, C, H, W)`` in [-1, 1] with ``cfg.method``.
 
@@ -375,13 +282,9 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
         if len(texts) != n or not all(isinstance(t, str) for t in texts):
             raise FactoryError(f"train_contrastive: texts must be {n} strings, one per image; got {len(texts)}")
 
-    caller_threads = torch.get_num_threads()
-    try:
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
         # 2. the models, initialised from the seed without disturbing the caller's global RNG
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             encoder = ContrastiveEncoder(images.shape[1], cfg.width, cfg.embed_dim, cfg.image_size)
             if cfg.method == "stablerep_plus":
                 text_encoder = BagOfWordsEncoder.build(texts, cfg.embed_dim)
@@ -391,9 +294,8 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
         groups_per_batch = cfg.batch_size // cfg.images_per_group
         max_log_scale = math.log(MAX_LOGIT_SCALE)
         encoder.train()
-        losses: list[float] = []
-        start = time.perf_counter()
-        for step in range(1, cfg.steps + 1):
+        loop = Loop("train_contrastive", cfg.steps, progress=progress, logger=log)
+        for step in loop:
             # 3a. the batch: random images (SimCLR) or random whole groups (StableRep)
             if stablerep:
                 pick = torch.randperm(len(members), generator=gen)[:groups_per_batch].tolist()
@@ -419,20 +321,12 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
                     loss = loss + cfg.text_weight * clip_loss(z, text_encoder(distinct),
                                                               text_encoder.log_logit_scale.exp(), text_index)
             # 3c. the update, with a linear warm-up
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(cfg, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimize(optimizer, loss, lr=warmup_lr(cfg.lr, step, cfg.warmup_steps))
             if text_encoder is not None:  # 3d. CLIP clamps the logit scale at 100
                 with torch.no_grad():
                     text_encoder.log_logit_scale.clamp_(0, max_log_scale)
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step, cfg.steps, losses[-1])
-        seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(caller_threads)
+            loop.record(loss)
+        seconds = loop.seconds
     encoder.eval()
     info: dict[str, Any] = {
         "method": cfg.method,
@@ -442,9 +336,9 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
         # StableRep: images alone in their group are never in a batch (e.g. the real half of a mixed pool)
         "unused_images": n - sum(len(m) for m in members) if stablerep else 0,
         "in_channels": int(images.shape[1]),
-        "first_loss": round(losses[0], 6),
-        "final_loss": round(float(np.mean(losses[-FINAL_LOSS_WINDOW:])), 6),
-        "loss_curve": [round(float(np.mean(losses[i:i + 10])), 4) for i in range(0, len(losses), 10)],
+        "first_loss": round(loop.losses[0], 6),
+        "final_loss": round(loop.final_loss(FINAL_LOSS_WINDOW), 6),
+        "loss_curve": loop.curve(10),
         "seconds": round(seconds, 2),
         "seconds_per_step": round(seconds / cfg.steps, 4),
         "parameters": count_parameters(encoder),
@@ -460,28 +354,16 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
 
 
 def save_encoder(encoder: ContrastiveEncoder, info: Mapping[str, Any], out_dir: Path | str) -> None:
-    """Weights (safetensors) and a json config with the architecture and ``info`` into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out_dir / WEIGHTS_NAME))
+    """Weights (safetensors) and a json config with the architecture and ``info`` as the folder ``out_dir``
+    (replaced whole, atomically; a folder that is not a contrastive encoder is never replaced)."""
     cfg = {"schema": ENCODER_SCHEMA, "in_channels": encoder.in_channels, "width": encoder.width,
            "embed_dim": encoder.embed_dim, "image_size": encoder.image_size, "info": dict(info)}
-    atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True).encode() + b"\n")
+    ENCODER_FOLDER.save(out_dir, encoder, cfg)
 
 
 def load_encoder(model_dir: Path | str) -> tuple[ContrastiveEncoder, dict[str, Any]]:
     """The encoder (eval mode) and info saved by :func:`save_encoder`."""
-    from safetensors.torch import load_file
-
-    d = Path(model_dir)
-    for p in (d / CONFIG_NAME, d / WEIGHTS_NAME):
-        if not p.is_file():
-            raise FactoryError(f"{p}: missing; not a contrastive encoder folder")
-    cfg = json.loads((d / CONFIG_NAME).read_text())
-    if cfg.get("schema") != ENCODER_SCHEMA:
-        raise FactoryError(f"{d / CONFIG_NAME}: schema is not {ENCODER_SCHEMA!r}")
+    cfg = ENCODER_FOLDER.read(model_dir)
     encoder = ContrastiveEncoder(cfg["in_channels"], cfg["width"], cfg["embed_dim"], cfg["image_size"])
-    encoder.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+    ENCODER_FOLDER.load_into(encoder, model_dir)
     return encoder.eval(), dict(cfg.get("info", {}))

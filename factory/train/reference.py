@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from factory.core.errors import FactoryError
-from factory.core.images import COLOUR_MODES, to_model_pixels
+from factory.core.images import colour_mode, images_to_tensor
 from factory.core.shards import Dataset
 
 
@@ -42,14 +39,6 @@ class ReferenceCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def images_to_tensor(images: Sequence[Image.Image], mode: str, size: int) -> torch.Tensor:
-    """PIL images -> ``(N, C, size, size)`` float tensor in [-1, 1], as the generator sees them."""
-    if not images:
-        return torch.empty(0, 1 if mode == "L" else 3, size, size)
-    px = np.stack([to_model_pixels(im, mode, size) for im in images])
-    return torch.from_numpy(px).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
-
-
 def load_split(dataset: Dataset | str | Path, image_size: int, mode: str | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, str, list[str]]:
     """All images and labels of a (small) dataset as tensors; ``mode`` None: L unless colour."""
@@ -61,7 +50,7 @@ def load_split(dataset: Dataset | str | Path, image_size: int, mode: str | None 
     if not ims:
         raise FactoryError(f"{ds.path}: the dataset is empty")
     if mode is None:
-        mode = "RGB" if {im.mode for im in ims} & set(COLOUR_MODES) else "L"
+        mode = colour_mode(ims)
     return images_to_tensor(ims, mode, image_size), torch.tensor(labels), mode, ds.classes
 
 

@@ -87,6 +87,12 @@ class Scorer(abc.ABC):
     def class_prompts(self, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
         """One prompt per class, in the scorer's own words (with ``attributes`` when given)."""
 
+    def prompt_text(self, class_name: str, text: str | None = None,
+                    attributes: Mapping[str, Any] | None = None) -> str:
+        """The text an image made from a prompt is scored against: the prompt ``text`` itself, or
+        without one the class prompt with ``attributes``. Scorers with a closed vocabulary override it."""
+        return text or self.class_prompts([class_name], attributes)[0]
+
     # -- embeddings ------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -129,13 +135,6 @@ class Scorer(abc.ABC):
 def attribute_phrase(attributes: Mapping[str, Any]) -> str:
     """Attribute values in axis-name order, space-separated: {"color": "red"} -> "red"."""
     return " ".join(str(attributes[k]) for k in sorted(attributes))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FactoryError(f"{path}: not valid JSON ({exc})") from None
 
 
 def class_prompts(scorer: Scorer, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:

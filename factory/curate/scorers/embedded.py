@@ -40,14 +40,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from factory.core.errors import FactoryError
-from factory.core.files import file_sha256
+from factory.core.files import file_sha256, read_json
+from factory.core.modelfolder import ModelFolder, TrainedModel
 from factory.curate.scorers.base import (
     DEFAULT_BATCH_SIZE,
     Scorer,
     _create,
     _device,
     _first_line,
-    _read_json,
     attribute_phrase,
 )
 
@@ -70,6 +70,13 @@ MANIFEST_KEYS = ("arch", "arch_file", "preprocess", "classes", "class_words", "t
 VOCAB_NAME = "vocab.json"
 
 
+# The folder's files besides the architecture JSON (whose name is a hash of its content); one safetensors
+# metadata key only, so the weights' bytes do not depend on hash-map order.
+MODEL_FOLDER = ModelFolder(kind="embedded scorer", schema=MODEL_SCHEMA, weights=WEIGHTS_NAME, config=MANIFEST_NAME,
+                           files=(VOCAB_NAME,), keys=MANIFEST_KEYS, metadata={"format": "pt"}, short="scorer",
+                           hint="train it first: train_clip")
+
+
 ARCH_PREFIX = "factory-clip-"
 
 
@@ -78,27 +85,8 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "nineteen", "twenty")
 
 
-# Caption templates. Fields: {word} (the class's caption word, e.g. "three"), {class_name} (the class name
-# as stored, e.g. "3") and, in attribute templates only, {attributes} (the sample's attribute values in
-# axis order, e.g. "red"). The first template is the class prompt used for zero-shot scoring.
-DEFAULT_TEMPLATES = (
-    "a photo of the digit {word}",
-    "a handwritten {class_name}",
-    "a handwritten digit {word}",
-    "the number {word}",
-    "an image of the digit {class_name}",
-    "a drawing of a {word}",
-    "a {word}",
-    "a blurry photo of the number {class_name}",
-)
-
-
-DEFAULT_ATTRIBUTE_TEMPLATES = (
-    "a {attributes} digit {word}",
-    "a photo of the {attributes} digit {word}",
-    "a {attributes} handwritten {class_name}",
-    "the {attributes} number {word}",
-)
+# The caption templates (DEFAULT_TEMPLATES, DEFAULT_ATTRIBUTE_TEMPLATES) are ClipTrainConfig's defaults, in
+# factory.config; the ones a model was trained with are in its manifest.
 
 
 def resolve_class_words(class_words: Any, classes: Sequence[str]) -> dict[str, str]:
@@ -220,10 +208,7 @@ def register_arch(path: Path) -> str:
     import open_clip
 
     path = Path(path)
-    try:
-        arch = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FactoryError(f"{path}: unreadable open_clip model config ({exc})") from None
+    arch = read_json(path, what="open_clip model config")
     name = path.stem
     if open_clip.get_model_config(name) != arch:
         open_clip.add_model_config(path)
@@ -233,8 +218,9 @@ def register_arch(path: Path) -> str:
     return name
 
 
-class EmbeddedScorer(Scorer):
-    """A scorer folder written by :func:`train_clip`."""
+class EmbeddedScorer(TrainedModel, Scorer):
+    """A scorer folder written by :func:`train_clip` (``classes``, ``attributes`` and ``parents`` come
+    from its manifest)."""
 
     backend = "embedded"
 
@@ -251,23 +237,13 @@ class EmbeddedScorer(Scorer):
              batch_size: int = DEFAULT_BATCH_SIZE) -> "EmbeddedScorer":
         """Load a folder written by :func:`train_clip`. Missing or inconsistent files raise FactoryError."""
         path = Path(model_dir)
-        if not path.is_dir():
-            raise FactoryError(f"{path}: no such scorer folder (train it first: train_clip)")
-        manifest_path, vocab_path, weights_path = path / MANIFEST_NAME, path / VOCAB_NAME, path / WEIGHTS_NAME
-        for p in (manifest_path, vocab_path, weights_path):
-            if not p.is_file():
-                raise FactoryError(f"{p}: missing; {path} is not a complete embedded scorer folder")
-        manifest = _read_json(manifest_path)
-        if not isinstance(manifest, dict) or manifest.get("schema") != MODEL_SCHEMA:
-            raise FactoryError(f"{manifest_path}: schema is not {MODEL_SCHEMA!r}")
-        missing = [k for k in MANIFEST_KEYS if k not in manifest]
-        if missing:
-            raise FactoryError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
+        manifest = MODEL_FOLDER.read(path)
+        vocab_path, weights_path = path / VOCAB_NAME, path / WEIGHTS_NAME
         arch_path = path / manifest["arch_file"]
         if not arch_path.is_file():
             raise FactoryError(f"{arch_path}: missing; {path} is not a complete embedded scorer folder")
         name = register_arch(arch_path)
-        tokenizer = CaptionTokenizer.from_json(_read_json(vocab_path))
+        tokenizer = CaptionTokenizer.from_json(read_json(vocab_path))
         dev = _device(device)
         try:
             model, preprocess = _create(name, str(weights_path), dev, manifest["preprocess"])
@@ -277,9 +253,8 @@ class EmbeddedScorer(Scorer):
             raise FactoryError(f"{vocab_path}: {tokenizer.vocab_size} tokens, but the model has {model.vocab_size}")
         return cls(path, manifest, model, preprocess, tokenizer, dev, file_sha256(weights_path), batch_size)
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+    def _model_config(self) -> dict[str, Any]:
+        return self.manifest
 
     @property
     def class_words(self) -> dict[str, str]:
@@ -292,15 +267,6 @@ class EmbeddedScorer(Scorer):
     @property
     def attribute_templates(self) -> list[str]:
         return list(self.manifest["attribute_templates"])
-
-    @property
-    def attributes(self) -> dict[str, list[str]]:
-        """The attribute values seen in training, per axis."""
-        return {k: list(v) for k, v in self.manifest["attributes"].items()}
-
-    @property
-    def parents(self) -> list[dict[str, Any]]:
-        return [dict(p) for p in self.manifest.get("parents", [])]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": str(self.model_dir), "arch": self.manifest["arch"]}
@@ -321,3 +287,11 @@ class EmbeddedScorer(Scorer):
 
     def class_prompts(self, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
         return [self.caption(c, attributes) for c in classes]
+
+    def prompt_text(self, class_name: str, text: str | None = None,
+                    attributes: Mapping[str, Any] | None = None) -> str:
+        """The scorer knows only the vocabulary of its caption templates: it renders the class and the
+        attributes it was trained on its way, ignoring the prompt text and unknown attribute values."""
+        known = self.attributes
+        attrs = {a: v for a, v in (attributes or {}).items() if str(v) in known.get(a, ())} or None
+        return self.caption(class_name, attrs)

@@ -8,14 +8,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from factory.core.errors import FactoryError
-from factory.core.files import file_sha256
+from factory.core.files import file_sha256, read_json
 from factory.curate.scorers.base import (
     DEFAULT_BATCH_SIZE,
     Scorer,
     _create,
     _device,
     _first_line,
-    _read_json,
     attribute_phrase,
 )
 
@@ -27,9 +26,6 @@ SIDECAR_NAME = "open_clip_config.json"
 
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
-
-
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 RESIZE_MODES = ("shortest", "longest", "squash")
@@ -133,7 +129,7 @@ def _production_preprocess(name: str, checkpoint: Path, tag: str | None) -> tupl
 
     sidecar = checkpoint.parent / SIDECAR_NAME
     if sidecar.is_file():
-        data = _read_json(sidecar)
+        data = read_json(sidecar)
         pp = data.get("preprocess_cfg") if isinstance(data, dict) else None
         if not isinstance(pp, dict):
             raise FactoryError(f"{sidecar}: has no preprocess_cfg mapping")

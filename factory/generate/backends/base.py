@@ -1,42 +1,13 @@
-"""The interface every generator backend implements, and the sampling settings they share."""
+"""The interface every generator backend implements; the sampling settings they share are
+:class:`factory.config.SamplerConfig`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from factory.core.errors import FactoryError
-
-SCHEDULERS = ("ddim", "dpm", "euler", "ddpm", "pndm")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to sample. Recorded in every synthetic sample's provenance (``generator``)."""
-
-    guidance_scale: float = 2.0
-    steps: int = 20
-    scheduler: str = "ddim"
-    negative_prompt: str | None = None
-    height: int | None = None  # None: the model's native size
-    width: int | None = None
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
-    device: str = "auto"  # auto: cuda if available, else cpu
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.guidance_scale < 0:
-            raise FactoryError(f"guidance_scale must be >= 0; got {self.guidance_scale}")
-        if self.steps < 1:
-            raise FactoryError(f"steps must be >= 1; got {self.steps}")
-        if self.scheduler not in SCHEDULERS:
-            raise FactoryError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}")
-        if self.batch_size < 1:
-            raise FactoryError(f"batch_size must be >= 1; got {self.batch_size}")
-        for name in ("height", "width"):
-            v = getattr(self, name)
-            if v is not None and (v < 8 or v % 8):
-                raise FactoryError(f"{name} must be a multiple of 8 and >= 8; got {v}")
+from factory.config import SCHEDULERS as SCHEDULERS  # re-exported with the config: one list
+from factory.config import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -60,6 +31,26 @@ class Generator(Protocol):
     """
 
     sampler: SamplerConfig
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names it was trained on (index = label), or None when it takes any class (text)."""
+        ...
+
+    @property
+    def attributes(self) -> dict[str, list[str]] | None:
+        """The attribute values it was trained on, per axis, or None when it takes any (text)."""
+        ...
+
+    @property
+    def parents(self) -> list[dict[str, Any]]:
+        """The datasets it was trained on (provenance ``parents``); empty when not known."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """1 for a model trained on real data; k + 1 for one trained on generation-k samples."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """The provenance ``generator`` record: backend, model, weights_sha256, scheduler, steps,

@@ -269,6 +269,25 @@ class DiffusersGenerator:
         return cls(pipe, sampler, model=model, weights_sha256=weights_sha256(folder), device=device,
                    dtype=str(dtype).removeprefix("torch."), height=height, width=width)
 
+    @property
+    def classes(self) -> None:
+        """Any class: the prompt text says what to draw."""
+        return None
+
+    @property
+    def attributes(self) -> None:
+        """Any attribute: the prompt text says it."""
+        return None
+
+    @property
+    def parents(self) -> list[dict[str, Any]]:
+        """A pretrained pipeline: the datasets it was trained on are not known here."""
+        return []
+
+    @property
+    def generation(self) -> int:
+        return 1
+
     def describe(self) -> dict[str, Any]:
         s = self.sampler
         return {

@@ -24,9 +24,7 @@ of a request do not depend on which other requests were generated with it. See :
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +35,8 @@ from PIL import Image
 from torch import nn
 
 from factory.core.errors import FactoryError
+from factory.core.files import file_sha256
+from factory.core.modelfolder import ModelFolder, TrainedModel
 from factory.generate.backends.base import GenRequest, SamplerConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,14 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 CONFIG_NAME = "config.json"
+
+
+MODEL_FOLDER = ModelFolder(
+    kind="embedded generator", schema=MODEL_SCHEMA, weights=WEIGHTS_NAME, config=CONFIG_NAME,
+    keys=("unet", "classes", "attributes", "channels", "image_size", "train_scheduler"),
+    # One metadata key only: safetensors writes metadata from a hash map, so the order of several
+    # keys (and with it the file's bytes and weights_sha256) would change from run to run.
+    metadata={"format": "pt"}, short="generator", hint="train it first: train_generator")
 
 
 EMBEDDED_SCHEDULERS = ("ddim", "dpm")
@@ -116,7 +124,7 @@ def _make_scheduler(name: str, train_config: dict[str, Any]):
                        f"backend; got {name!r}")
 
 
-class EmbeddedGenerator:
+class EmbeddedGenerator(TrainedModel):
     """A trained embedded generator, loaded for sampling (implements ``generators.base.Generator``)."""
 
     backend = "embedded"
@@ -151,35 +159,14 @@ class EmbeddedGenerator:
     @classmethod
     def load(cls, model_dir: Path | str, sampler: SamplerConfig | None = None) -> "EmbeddedGenerator":
         """Load a folder written by :func:`train_generator`. Missing files raise FactoryError."""
-        from safetensors.torch import load_file
-
         sampler = sampler or SamplerConfig()
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise FactoryError(f"{path}: no such generator folder (train it first: train_generator)")
-        cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FactoryError(f"{p}: missing; {path} is not a complete embedded generator folder")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FactoryError(f"{cfg_path}: not valid JSON ({exc})") from None
-        if not isinstance(config, dict) or config.get("schema") != MODEL_SCHEMA:
-            raise FactoryError(f"{cfg_path}: schema is not {MODEL_SCHEMA!r}")
+        config = MODEL_FOLDER.read(model_dir)
         cls._check_sampler_static(sampler)
-        raw = w_path.read_bytes()
-        sha = hashlib.sha256(raw).hexdigest()
-        try:
-            state = load_file(str(w_path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise FactoryError(f"{w_path}: unreadable weights ({exc})") from None
+        sha = file_sha256(Path(model_dir) / WEIGHTS_NAME)
+        state = MODEL_FOLDER.load_weights(model_dir)
         axes = list(config["attributes"])
         model = ConditionalUNet(config["unet"], len(config["classes"]), [len(config["attributes"][a]) for a in axes])
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise FactoryError(f"{w_path}: weights do not match {cfg_path} ({str(exc).splitlines()[0]})") from None
+        MODEL_FOLDER.load_into(model, model_dir, state)
         return cls(model_dir, config, model, sha, sampler)
 
     @staticmethod
@@ -203,17 +190,8 @@ class EmbeddedGenerator:
 
     # -- properties ------------------------------------------------------------------------------
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.config["classes"])
-
-    @property
-    def attributes(self) -> dict[str, list[str]]:
-        return {k: list(v) for k, v in self.config["attributes"].items()}
-
-    @property
-    def parents(self) -> list[dict[str, Any]]:
-        return [dict(p) for p in self.config.get("parents", [])]
+    def _model_config(self) -> dict[str, Any]:  # classes, attributes, parents (TrainedModel)
+        return self.config
 
     @property
     def generation(self) -> int:

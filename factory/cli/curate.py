@@ -1,5 +1,5 @@
-"""``factory dedup``: near-duplicates within a dataset, leaks into a test split, memorisation of a
-train split. Registered on the main group with ``cli.add_command(dedup_command, "dedup")``."""
+"""Commands on curation: ``filter``, ``prompts audit`` and ``dedup`` (near-duplicates within a dataset,
+leaks into a test split, memorisation of a train split)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,66 @@ import sys
 from pathlib import Path
 
 import click
+
+from factory.cli.common import parse_scorer, progress
+from factory.core.errors import FactoryError
+
+
+@click.command(name="filter")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--scorer", "scorer_spec", default="embedded:models/clip", show_default=True,
+              help="embedded:<folder> or open_clip:<arch>:<checkpoint file>.")
+@click.option("--min-score", type=float, default=None, help="Keep images whose CLIP score >= this.")
+@click.option("--min-margin", type=float, default=None, help="Keep images whose class margin >= this.")
+@click.option("--calibrate-on", type=click.Path(path_type=Path), default="data/real/train", show_default=True,
+              help="Real dataset whose score percentile sets the thresholds not given.")
+@click.option("--percentile", type=float, default=5.0, show_default=True)
+@click.option("--rejected", type=click.Path(path_type=Path), default=None,
+              help="Also write the rejected samples (with their reason) to this dataset.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.option("--overwrite", is_flag=True)
+def filter_cmd(dataset: Path, out_dir: Path, scorer_spec: str, min_score: float | None, min_margin: float | None,
+               calibrate_on: Path, percentile: float, rejected: Path | None, report: Path | None,
+               overwrite: bool) -> None:
+    """Semantic-mismatch filter: keep images that CLIP says show their prompt.
+
+    Example: factory filter data/synthetic/raw data/filtered --scorer embedded:models/clip --rejected data/rej
+    """
+    from factory.config import CurateConfig
+    from factory.curate.filter import curate
+
+    cfg = CurateConfig(min_score=min_score, min_margin=min_margin, percentile=percentile, deduplicate=False,
+                       rebalance=False)
+    scorer = parse_scorer(scorer_spec)
+    calib = None if (min_score is not None and min_margin is not None) else calibrate_on
+    r = curate(dataset, out_dir, scorer=scorer, cfg=cfg, calibrate_on=calib, rejected_dir=rejected,
+               report_path=report, overwrite=overwrite, progress=progress)
+    t = r.report["filter"]["thresholds"]
+    click.echo(f"kept {r.kept} of {r.report['samples']} (clip >= {t['min_score']:.4f}, margin >= "
+               f"{t['min_margin']:.4f}); rejected: " + ", ".join(
+                   f"{k} {v}" for k, v in r.report["reasons"].items() if k != "kept" and v))
+
+
+@click.command("audit")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), default=None,
+              help="Compare with this plan's target (default: uniform over the values).")
+@click.option("--scorer", "scorer_spec", default=None,
+              help="embedded:<folder> or open_clip:<arch>:<ckpt>: measure attributes in synthetic images.")
+@click.option("--mode", type=click.Choice(["auto", "provenance", "clip"]), default="auto", show_default=True,
+              help="auto: provenance for real data (ground truth), CLIP zero-shot for synthetic data.")
+@click.option("--json", "as_json", is_flag=True)
+def prompts_audit(dataset: Path, plan_file: Path | None, scorer_spec: str | None, mode: str, as_json: bool) -> None:
+    """Measure each attribute axis per class against the target; print the table and the TV distance.
+
+    Example: factory prompts audit data/synthetic/raw --plan data/prompts/plan.jsonl --scorer embedded:models/clip
+    """
+    from factory.curate.audit import audit, format_audit
+
+    scorer = parse_scorer(scorer_spec) if scorer_spec else None
+    result = audit(dataset, plan=plan_file, scorer=scorer, mode=mode)  # type: ignore[arg-type]
+    click.echo(json.dumps(result, indent=2) if as_json else format_audit(result))
 
 
 @click.command("dedup")
@@ -45,8 +105,6 @@ def dedup_command(dataset: Path, against: tuple[Path, ...], report_against: tupl
     Example: factory dedup data/synthetic/raw --against data/real/test \\
                --report-against data/real/train --out data/synthetic/dedup --report reports/dedup.json
     """
-    from factory.cli.main import progress
-    from factory.core.errors import FactoryError
     from factory.core.shards import check_output_dir
     from factory.curate.dedup import DedupConfig, find_duplicates, write_clean
 

@@ -1,0 +1,132 @@
+"""Commands on datasets: ``ingest``, ``split``, ``verify``, ``inspect``, ``show``, ``grid``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from factory.cli.common import progress
+
+
+@click.command()
+@click.argument("source")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Samples per shard.")
+@click.option("--name", default=None, help="Dataset name (default: from the source).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and count them, instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it already holds a dataset.")
+def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_bad: bool, overwrite: bool) -> None:
+    """Pack real images from SOURCE into a dataset at OUT_DIR.
+
+    SOURCE is sklearn:digits, sklearn:digits-colored[?bias=0.9&seed=0], hf:<name-or-path>[:<split>],
+    an ImageFolder folder (<class>/<file>), or an existing dataset folder (re-shard).
+
+    Example: factory ingest ../shared/data/imagenette-mini/train data/inet-train --shard-size 500
+    """
+    from factory.data.ingest import ingest as run_ingest
+
+    summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
+                         overwrite=overwrite, progress=lambda it: progress(it, "ingest"))
+    click.echo(f"wrote {summary.samples} samples in {summary.shards} shards "
+               f"({len(summary.classes)} classes) to {summary.out_dir}")
+    if skip_bad:
+        click.echo(f"skipped {len(summary.skipped)} unreadable images")
+        for what in summary.skipped:
+            click.echo(f"  skipped: {what}")
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("train_out", type=click.Path(path_type=Path))
+@click.argument("test_out", type=click.Path(path_type=Path))
+@click.option("--test-fraction", required=True, type=float, help="Share of each class that goes to TEST_OUT.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Default: the input's.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already hold datasets.")
+def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, seed: int,
+          shard_size: int | None, overwrite: bool) -> None:
+    """Split DATASET into TRAIN_OUT and TEST_OUT, stratified by class, deterministically.
+
+    Example: factory split data/digits data/train data/test --test-fraction 0.2 --seed 0
+    """
+    from factory.data.ingest import split as run_split
+
+    counts = run_split(dataset, train_out, test_out, test_fraction=test_fraction, seed=seed,
+                       shard_size=shard_size, overwrite=overwrite)
+    click.echo(f"train: {counts['train']} samples -> {train_out}; test: {counts['test']} samples -> {test_out}")
+
+
+@click.command()
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
+    """Re-hash every shard, check counts and decode every image. Exit 1 if anything is wrong.
+
+    Example: factory verify data/real/train data/real/test
+    """
+    from factory.core.shards import INDEX_NAME, Dataset
+    from factory.data.inspection import verify as run_verify
+
+    for p in datasets:  # a path that is no dataset at all is bad input (exit 2), not a failed check
+        if not (p / INDEX_NAME).is_file():
+            Dataset(p)
+    results = [run_verify(p) for p in datasets]
+    if as_json:
+        click.echo(json.dumps([{"dataset": str(r.dataset), "ok": r.ok, "samples": r.samples,
+                                "shards": r.shards, "problems": r.problems} for r in results], indent=2))
+    else:
+        for r in results:
+            if r.ok:
+                click.echo(f"OK   {r.dataset}: {r.samples} samples in {r.shards} shards")
+            else:
+                click.echo(f"BAD  {r.dataset}: {len(r.problems)} problem(s)")
+                for problem in r.problems:
+                    click.echo(f"  {problem}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@click.command(name="inspect")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def inspect_cmd(dataset: Path, as_json: bool) -> None:
+    """Summarise DATASET: samples, classes with counts, sources, generations, image sizes, bytes.
+
+    Example: factory inspect data/real/train --json
+    """
+    from factory.data.inspection import format_summary, summarize
+
+    info = summarize(dataset)
+    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("key")
+def show(dataset: Path, key: str) -> None:
+    """Print the provenance record of sample KEY in DATASET as JSON.
+
+    Example: factory show data/real/train digits-00000
+    """
+    from factory.data.inspection import show as run_show
+
+    click.echo(run_show(dataset, key))
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-class", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cell", default=64, show_default=True, type=click.IntRange(min=8), help="Cell size in pixels.")
+def grid(dataset: Path, out: Path, per_class: int, cell: int) -> None:
+    """Draw a contact sheet of DATASET to OUT.png: one labelled row per class.
+
+    Example: factory grid data/real/train grid.png --per-class 10
+    """
+    from factory.data.inspection import grid as run_grid
+
+    click.echo(f"wrote {run_grid(dataset, out, per_class=per_class, cell=cell)}")

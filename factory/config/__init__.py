@@ -1,0 +1,195 @@
+"""The one place where ``params.yaml`` becomes typed, frozen config objects.
+
+The models here ARE the library's configs: a stage passes ``params.classifier`` (a
+:class:`ClassifierConfig`) straight to :func:`factory.train.classifier.train_classifier`. Nothing in
+``factory/`` reads ``params.yaml`` itself, and this package imports nothing of the implementation.
+
+:func:`load_params` validates the whole file before any stage runs and lists every error, one per
+line, with its dotted name and what is allowed::
+
+    params.yaml: classifier.arch: must be one of cnn, resnet18, resnet34, resnet50 (got 'vgg')
+    params.yaml: split.test_fractoin: unknown parameter; allowed: test_fraction, shard_size
+
+A section's ``seed`` defaults to ``base.seed`` when the section does not set it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, ValidationError, model_validator
+
+from factory.config.base import SEED_LIMIT, Section, error_lines
+from factory.config.curate import (
+    DEFAULT_SEMANTIC_THRESHOLD,
+    HASHES,
+    MAX_HASH_SIZE,
+    MIN_HASH_SIZE,
+    CurateConfig,
+    DedupConfig,
+    FilterConfig,
+    default_max_distance,
+)
+from factory.config.data import BaseParams, Component, IngestParams, PoolsConfig, PoolSpec, SplitParams
+from factory.config.generate import (
+    BACKENDS,
+    EXECUTORS,
+    SCHEDULERS,
+    AttributeAxis,
+    GenerateConfig,
+    GeneratorSpec,
+    PlanConfig,
+    RayConfig,
+    SamplerConfig,
+)
+from factory.config.measure import BiasParams, ContrastiveParams, EvaluationConfig, ReportParams, SweepParams
+from factory.config.train import (
+    ARCHS,
+    BETA_SCHEDULES,
+    CLASS_WORD_MODES,
+    DEFAULT_ATTRIBUTE_TEMPLATES,
+    DEFAULT_TEMPLATES,
+    INTERPOLATIONS,
+    LR_SCHEDULES,
+    METHODS,
+    ClassifierConfig,
+    ClipTrainConfig,
+    ContrastiveConfig,
+    EmbeddedTrainConfig,
+)
+from factory.core.errors import FactoryError
+
+__all__ = [
+    "ARCHS", "BACKENDS", "BETA_SCHEDULES", "CLASS_WORD_MODES", "DEFAULT_ATTRIBUTE_TEMPLATES",
+    "DEFAULT_SEMANTIC_THRESHOLD", "DEFAULT_TEMPLATES", "EXECUTORS", "HASHES", "INTERPOLATIONS", "LR_SCHEDULES",
+    "MAX_HASH_SIZE", "METHODS", "MIN_HASH_SIZE", "SCHEDULERS",
+    "AttributeAxis", "BaseParams", "BiasParams", "ClassifierConfig", "ClipTrainConfig", "Component",
+    "ContrastiveConfig", "ContrastiveParams", "CurateConfig", "DedupConfig", "EmbeddedTrainConfig",
+    "EvaluationConfig", "FilterConfig", "GenerateConfig", "GeneratorSpec", "IngestParams", "Params", "PlanConfig",
+    "PoolSpec", "PoolsConfig", "RayConfig", "ReportParams", "SamplerConfig", "Section", "SplitParams",
+    "SweepParams", "default_max_distance", "load_params",
+]
+
+_MISSING = object()
+
+# the sections whose seed defaults to base.seed
+SEEDED = ("plan", "train_generator", "train_clip", "curate", "pools", "classifier", "contrastive.train",
+          "evaluate", "bias.plan", "bias.train_generator", "bias.pools")
+
+
+def _set_default(value: Any, model: type[BaseModel], parts: list[str], key: str, default: Any) -> Any:
+    """``value`` (a raw mapping or a model) with ``key`` set to ``default`` at ``parts`` where not given.
+
+    A missing section starts from the field's default (``bias.plan`` has its own), anything else that is
+    not a mapping or a model is left alone for validation to report.
+    """
+    if not parts:
+        if isinstance(value, Mapping):
+            return value if key in value else {**value, key: default}
+        if isinstance(value, BaseModel) and key not in value.model_fields_set:
+            return value.model_copy(update={key: default})
+        return value
+    head, field = parts[0], model.model_fields[parts[0]]
+    sub = field.annotation
+    if isinstance(value, Mapping):
+        inner = value.get(head, _MISSING)
+        if inner is _MISSING:
+            inner = field.get_default(call_default_factory=True)
+        return {**value, head: _set_default(inner, sub, parts[1:], key, default)}
+    if isinstance(value, BaseModel):
+        inner = getattr(value, head)
+        new = _set_default(inner, sub, parts[1:], key, default)
+        return value if new is inner else value.model_copy(update={head: new})
+    return value
+
+
+def _valid_or_none(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None  # its own field reports the errors, once
+
+
+class Params(Section):
+    """All of ``params.yaml``, one typed section per stage."""
+
+    where: ClassVar[str] = ""
+
+    base: BaseParams = BaseParams()
+    ingest: IngestParams = IngestParams()
+    split: SplitParams = SplitParams()
+    plan: PlanConfig = PlanConfig()
+    train_generator: EmbeddedTrainConfig = EmbeddedTrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    train_clip: ClipTrainConfig = ClipTrainConfig()
+    curate: CurateConfig = CurateConfig()
+    sweep: SweepParams = SweepParams()
+    pools: PoolsConfig = PoolsConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    contrastive: ContrastiveParams = ContrastiveParams()
+    evaluate: EvaluationConfig = EvaluationConfig()
+    bias: BiasParams = BiasParams()
+    report: ReportParams = ReportParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_other_sections(cls, data: Any) -> Any:
+        """Sections' seeds default to ``base.seed``; the guidance sweep's outputs join ``evaluate.datasets``
+        (and its ``cas`` and ``guidance``), so ``dvc exp run -S 'sweep.guidance_scales=[1,3,4,6]'`` adds
+        points to the trade-off with no other edit; ``evaluate.classifier`` is the ``classifier`` section."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {"evaluate": {}, **data}  # a missing evaluate section still gets the sweep and the classifier
+        base = data.get("base", {})
+        seed = base.seed if isinstance(base, BaseParams) else base.get("seed", 0) if isinstance(base, Mapping) else None
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT:
+            for path in SEEDED:
+                data = _set_default(data, cls, path.split("."), "seed", seed)
+        ev = data.get("evaluate", {})
+        if not isinstance(ev, Mapping):
+            return data
+        sweep = _valid_or_none(SweepParams, data.get("sweep", {}))
+        names = sweep.datasets() if sweep is not None else {}
+        ev = dict(ev)
+        if isinstance(ev.get("datasets", {}), Mapping):
+            ev["datasets"] = {**names, **ev.get("datasets", {})}
+        for key in ("cas", "guidance"):
+            if isinstance(ev.get(key, []), (list, tuple)):
+                ev[key] = list(dict.fromkeys([*names, *ev.get(key, [])]))
+        if "classifier" not in ev:
+            classifier = _valid_or_none(ClassifierConfig, data.get("classifier", {}))
+            if classifier is not None:
+                ev["classifier"] = classifier
+        return {**data, "evaluate": ev}
+
+    def study(self, name: str | None) -> "Params":
+        """These params with a study's sections (e.g. ``bias``) in place of plan/train_generator/generate/pools.
+
+        A study is a second, smaller pipeline (the bias benchmark) that reuses the main stages'
+        scripts: ``python stages/plan.py --study bias`` reads ``bias.plan`` where the main run reads ``plan``.
+        """
+        if name is None:
+            return self
+        if name != "bias":
+            raise FactoryError(f"unknown study {name!r}; known: bias")
+        b = self.bias
+        return self.model_copy(update={"plan": b.plan, "train_generator": b.train_generator,
+                                       "generate": b.generate, "pools": b.pools})
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FactoryError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FactoryError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    try:
+        return Params.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise FactoryError("\n".join(f"{path}: {line}" for line in error_lines(exc, Params))) from None

@@ -1,0 +1,175 @@
+"""Configs of the generate phase: the prompt plan (``plan``) and sampling (``generate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from factory.config.base import Float, Int, Section, Seed, field_error, template_fields
+from factory.core.errors import FactoryError
+
+Scheduler = Literal["ddim", "dpm", "euler", "ddpm", "pndm"]
+Backend = Literal["embedded", "diffusers"]
+Executor = Literal["local", "ray"]
+SCHEDULERS, BACKENDS, EXECUTORS = get_args(Scheduler), get_args(Backend), get_args(Executor)
+
+
+class AttributeAxis(Section):
+    """One attribute of the plan (e.g. colour) with its values and their target weights."""
+
+    where: ClassVar[str] = "plan.attributes"
+
+    name: str
+    values: tuple[str, ...]
+    weights: tuple[float, ...]  # normalised to sum to 1 (by make)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttributeAxis":
+        problem = axis_problem(self.values, self.weights)
+        if problem:
+            raise field_error(self.name, problem)
+        return self
+
+    @classmethod
+    def make(cls, name: str, values: Sequence[Any], weights: Sequence[float] | None = None) -> "AttributeAxis":
+        """An axis from values and (unnormalised) weights; no weights: uniform."""
+        values = [str(v) for v in values]
+        weights = [1.0] * len(values) if weights is None else list(weights)
+        problem = axis_problem(values, weights)
+        if problem:
+            raise FactoryError(f"{cls.where}.{name}: {problem}")
+        total = float(sum(weights))
+        return cls(name=name, values=tuple(values), weights=tuple(float(w) / total for w in weights))
+
+
+def axis_problem(values: Sequence[str], weights: Sequence[float]) -> str | None:
+    if not values:
+        return "needs at least one value"
+    if len(set(values)) != len(values):
+        return f"values must be unique (got {list(values)})"
+    if len(weights) != len(values):
+        return f"{len(weights)} weights for {len(values)} values"
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        return f"weights must be >= 0 with a positive sum (got {list(weights)})"
+    return None
+
+
+class PlanConfig(Section):
+    """What to make (``plan``). ``classes`` None (``all`` in params.yaml) means every class of the real dataset.
+
+    ``attributes`` in params.yaml: ``{name: [values]}`` or ``{name: {values: [...], weights: [...]}}``.
+    """
+
+    where: ClassVar[str] = "plan"
+
+    dataset: str = "data/real/train"  # the real dataset whose classes the plan uses
+    classes: tuple[str, ...] | None = None
+    images_per_class: Int = Field(100, gt=0)
+    images_per_prompt: Int = Field(4, gt=0)
+    templates: tuple[str, ...] = Field(("a photo of the digit {class_name}",), min_length=1)
+    attributes: tuple[AttributeAxis, ...] = ()
+    oversample: Float = Field(1.0, ge=1.0)  # make this many times the target, so curation can subsample to it
+    seed: Seed = 0
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _all(cls, v: Any) -> Any:
+        return None if v == "all" else v
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _axes(cls, v: Any) -> Any:
+        if not isinstance(v, Mapping):
+            return v
+        axes = []
+        for name, spec in v.items():
+            weights = None
+            if isinstance(spec, Mapping):
+                unknown = sorted(set(spec) - {"values", "weights"})
+                if unknown or "values" not in spec:
+                    raise field_error(str(name), "must be a list of values or {values: [...], weights: [...]}",
+                                      dict(spec))
+                spec, weights = spec["values"], spec.get("weights")
+                if weights is not None and (not isinstance(weights, (list, tuple)) or not all(
+                        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+                    raise field_error(f"{name}.weights", "must be a list of numbers", weights)
+            if not isinstance(spec, (list, tuple)) or not all(isinstance(s, str) for s in spec):
+                raise field_error(str(name), "must be a list of strings", spec)
+            problem = axis_problem(spec, [1.0] * len(spec) if weights is None else weights)
+            if problem:
+                raise field_error(str(name), problem)
+            axes.append(AttributeAxis.make(str(name), spec, weights))
+        return tuple(axes)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PlanConfig":
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise field_error("attributes", "axis names must be unique", names)
+        allowed = {"class_name", *names}
+        for t in self.templates:
+            try:
+                used = template_fields(t)
+            except ValueError as exc:
+                raise field_error("templates", f"bad template {t!r} ({exc})") from None
+            if used - allowed:
+                raise field_error("templates", f"{t!r} uses unknown field(s) {sorted(used - allowed)}; "
+                                               f"allowed: {sorted(allowed)}")
+        return self
+
+
+class SamplerConfig(Section):
+    """How to sample. Recorded in every synthetic sample's provenance (``generator``)."""
+
+    where: ClassVar[str] = "generate"
+
+    guidance_scale: Float = Field(2.0, ge=0)
+    steps: Int = Field(20, ge=1)
+    scheduler: Scheduler = "ddim"
+    negative_prompt: str | None = None
+    height: Int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size
+    width: Int | None = Field(None, ge=8, multiple_of=8)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    batch_size: Int = Field(64, ge=1)
+
+
+class GeneratorSpec(Section):
+    """Which generator to load: enough to load it again in another process (Ray workers)."""
+
+    where: ClassVar[str] = "generate"
+
+    backend: Backend
+    model: str
+    sampler: SamplerConfig = SamplerConfig()
+
+
+class RayConfig(Section):
+    where: ClassVar[str] = "generate.ray"
+
+    address: str | None = None  # None: start a local instance
+    num_cpus: Int | None = Field(None, ge=1)  # CPUs of a local instance (None: all)
+    cpus_per_task: Float = Field(1.0, gt=0)
+    gpus_per_task: Float = Field(0.0, ge=0)
+
+
+class GenerateConfig(SamplerConfig):
+    """``generate``: the sampler's settings (flat, as in params.yaml), which generator, and how to run."""
+
+    backend: Backend = "embedded"
+    model: str = "models/generator"  # a folder (or a HF-cache id for diffusers)
+    shard_size: Int = Field(512, ge=1)  # plan rows per shard task
+    executor: Executor = "local"
+    ray: RayConfig = RayConfig()
+    name: str = "synthetic"  # the dataset's name in its index
+    parents: tuple[dict[str, Any], ...] | None = None  # None: the generator's own (embedded)
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(**{k: getattr(self, k) for k in SamplerConfig.model_fields})
+
+    @property
+    def generator(self) -> GeneratorSpec:
+        return GeneratorSpec(backend=self.backend, model=self.model, sampler=self.sampler)

@@ -1,0 +1,101 @@
+"""Configs of the measure phase: the guidance sweep, contrastive runs, evaluation, the bias study, the report."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from factory.config.base import Float, Int, Num, Section, Seed, field_error
+from factory.config.data import PoolsConfig
+from factory.config.generate import GenerateConfig, PlanConfig
+from factory.config.train import ClassifierConfig, ContrastiveConfig, EmbeddedTrainConfig, Method, group_problem
+
+
+class SweepParams(Section):
+    where: ClassVar[str] = "sweep"
+
+    guidance_scales: list[Num] = Field(default_factory=list)  # extra generate runs of the same plan
+
+    def datasets(self) -> dict[str, str]:
+        """name -> folder of each sweep output, named as dvc.yaml's ``w${item}`` renders them."""
+        return {f"w{g}": f"data/synthetic/guidance/w{g}" for g in self.guidance_scales}
+
+    @field_validator("guidance_scales")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(g < 0 for g in v):
+            raise ValueError("guidance scales must be >= 0")
+        return v
+
+
+class ContrastiveParams(Section):
+    """``contrastive``: which pools and methods, and the training config every method shares."""
+
+    where: ClassVar[str] = "contrastive"
+
+    pools: list[str] = Field(default_factory=list)
+    methods: list[Method] = Field(default_factory=lambda: ["simclr", "stablerep", "stablerep_plus"])
+    train: ContrastiveConfig = ContrastiveConfig()
+
+    @model_validator(mode="after")
+    def _every_method_fits(self) -> "ContrastiveParams":
+        t = self.train
+        for method in self.methods:
+            problem = group_problem(method, t.batch_size, t.images_per_group)
+            if problem:
+                raise field_error(f"train.{problem[0]}", f"{problem[1]}, for method {method}",
+                                  getattr(t, problem[0]))
+        return self
+
+
+class EvaluationConfig(Section):
+    """``evaluate``: synthetic datasets against the real test split.
+
+    Within params.yaml the guidance sweep's outputs join ``datasets``, ``cas`` and ``guidance`` by
+    themselves, and ``classifier`` is the ``classifier`` section (see :class:`factory.config.Params`).
+    """
+
+    where: ClassVar[str] = "evaluate"
+
+    reference: str = "data/real/test"  # the real dataset every synthetic one is compared with
+    train: str = "data/real/train"     # what the recognition classifier is trained on
+    encoder: Literal["clip", "inception"] = "clip"
+    encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
+    k: Int = Field(5, ge=1)
+    reference_epochs: Int = Field(10, ge=1)
+    datasets: dict[str, str] = Field(default_factory=dict)  # name -> synthetic dataset folder
+    cas: tuple[str, ...] = ()        # datasets to train the classifier on alone (CAS)
+    guidance: tuple[str, ...] = ()   # datasets that make the guidance trade-off plot
+    classifier: ClassifierConfig = ClassifierConfig()
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> "EvaluationConfig":
+        for name in ("cas", "guidance"):
+            unknown = [n for n in getattr(self, name) if n not in self.datasets]
+            if unknown:
+                raise field_error(name, f"{unknown} are not in evaluate.datasets or the sweep "
+                                        f"({sorted(self.datasets)})")
+        return self
+
+
+class BiasParams(Section):
+    """``bias``: the bias benchmark, a second small pipeline (see :meth:`factory.config.Params.study`)."""
+
+    where: ClassVar[str] = "bias"
+
+    source: str = "sklearn:digits-colored?bias=0.95&seed=0"   # the biased real data
+    test_source: str = "sklearn:digits-colored?bias=0.1&seed=1"  # same digits, colour independent of class
+    test_fraction: Float = Field(0.2, gt=0, lt=1)
+    shard_size: Int = Field(1000, ge=1)
+    plan: PlanConfig = PlanConfig(dataset="data/bias/real/train")
+    train_generator: EmbeddedTrainConfig = EmbeddedTrainConfig()
+    generate: GenerateConfig = GenerateConfig(model="models/bias/generator")
+    pools: PoolsConfig = PoolsConfig()
+
+
+class ReportParams(Section):
+    where: ClassVar[str] = "report"
+
+    fraction_pools: list[str] = Field(default_factory=list)  # pools of one size: accuracy vs synthetic share
