@@ -45,3 +45,29 @@ def digits_split(tmp_path_factory, digits) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("digits_split")
     split(digits, root / "train", root / "test", test_fraction=0.2, seed=0)
     return root / "train", root / "test"
+
+
+@pytest.fixture(scope="session")
+def generator_dir(tmp_path_factory, digits_split) -> Path:
+    """A tiny embedded generator (``tiny_models.TINY_GENERATOR``) trained once on the digits train split
+    (read-only for tests: copy it to ``tmp_path`` to change it)."""
+    from tiny_models import TINY_GENERATOR
+
+    from factory.train.generator import train_generator
+
+    out = tmp_path_factory.mktemp("generator") / "generator"
+    train_generator(digits_split[0], TINY_GENERATOR, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory, digits_split) -> Path:
+    """A small embedded CLIP scorer folder (``tiny_models.SMALL_CLIP``) trained once on the digits train
+    split (read-only for tests)."""
+    from tiny_models import SMALL_CLIP
+
+    from factory.train.clip import train_clip
+
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    train_clip(digits_split[0], SMALL_CLIP, out)
+    return out

@@ -20,18 +20,7 @@ GEN = {"backend": "embedded", "model": "m", "weights_sha256": "0" * 64, "schedul
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, digits_split):
-    from factory.train.clip import ClipTrainConfig, train_clip
-
-    out = tmp_path_factory.mktemp("clip") / "clip"
-    cfg = ClipTrainConfig(vision_width=64, vision_layers=2, vision_head_width=32, embed_dim=32, text_width=64,
-                          text_layers=1, text_heads=2, steps=150, batch_size=128)
-    train_clip(digits_split[0], cfg, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def scorer(clip_dir):
+def scorer(clip_dir):  # clip_dir: conftest.py
     from factory.curate.scorers import load_scorer
 
     return load_scorer("embedded", clip_dir)
@@ -166,20 +155,21 @@ def test_audit_recovers_colour_distribution(tmp_path):
     assert r.exit_code == 0 and "total-variation distance" in r.output
 
 
+@pytest.mark.slow
 def test_audit_clip_zero_shot_recovers_colour_distribution(tmp_path):
     """CLIP path: an embedded CLIP trained on coloured digits (captions name the colour) measures the
     colour of every image; its per-class distribution matches the ground truth in provenance."""
+    from tiny_models import SMALL_CLIP
+
     from factory.curate.audit import audit
     from factory.curate.scorers import load_scorer
     from factory.data.ingest import ingest, split
     from factory.data.sources import PALETTE
-    from factory.train.clip import ClipTrainConfig, train_clip
+    from factory.train.clip import train_clip
 
     ingest("sklearn:digits-colored?bias=0.5&seed=3", tmp_path / "c")
     split(tmp_path / "c", tmp_path / "train", tmp_path / "test", test_fraction=0.3, seed=0)
-    cfg = ClipTrainConfig(vision_width=64, vision_layers=2, vision_head_width=32, embed_dim=32, text_width=64,
-                          text_layers=1, text_heads=2, steps=150, batch_size=128)
-    train_clip(tmp_path / "train", cfg, tmp_path / "clip")
+    train_clip(tmp_path / "train", SMALL_CLIP, tmp_path / "clip")
     scorer = load_scorer("embedded", tmp_path / "clip")
     measured = audit(tmp_path / "test", scorer=scorer, mode="clip")["axes"]["color"]
     truth = audit(tmp_path / "test", mode="provenance")["axes"]["color"]

@@ -267,15 +267,10 @@ def test_feature_extractor_kinds(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def clip_features(tmp_path_factory, digits_split):
+def clip_features(clip_dir):  # clip_dir: conftest.py
     from factory.curate.scorers import load_scorer
-    from factory.train.clip import ClipTrainConfig, train_clip
 
-    out = tmp_path_factory.mktemp("clip-metrics") / "clip"
-    cfg = ClipTrainConfig(vision_width=32, vision_layers=1, vision_head_width=16, embed_dim=16, text_width=32,
-                          text_layers=1, text_heads=2, steps=40, batch_size=128, warmup_steps=10)
-    train_clip(digits_split[0], cfg, out)
-    return ClipFeatures(load_scorer("embedded", out))
+    return ClipFeatures(load_scorer("embedded", clip_dir))
 
 
 def degraded(sample, rng) -> bytes:
@@ -305,7 +300,7 @@ def bad_synthetic(tmp_path_factory, digits_split):
 def test_extract_streams_features_labels_and_attributes(clip_features, bad_synthetic):
     f, y, attrs = extract(bad_synthetic, clip_features, batch_size=64)
     ds = Dataset(bad_synthetic)
-    assert f.shape == (300, 16) and f.dtype == np.float32
+    assert f.shape == (300, 32) and f.dtype == np.float32
     assert y.tolist() == [s.label for s in ds]
     assert attrs[0] == {"stroke": "bold"} and attrs[1] == {"stroke": "thin"}
     np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)  # CLIP embeddings: unit length

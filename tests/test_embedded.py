@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from tiny_models import TINY_GENERATOR as TINY  # noqa: E402
 
 from factory.core.errors import FactoryError  # noqa: E402
 from factory.core.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
@@ -19,10 +20,6 @@ from factory.core.shards import Dataset  # noqa: E402
 from factory.generate.backends.base import GenRequest, SamplerConfig  # noqa: E402
 from factory.generate.backends.embedded import EmbeddedGenerator
 from factory.train.generator import EmbeddedTrainConfig, train_generator
-
-# A tiny 3-level UNet (68k parameters) at the default 16x16: a few seconds to train on 2 cores.
-TINY = EmbeddedTrainConfig(block_out_channels=(8, 16, 16), norm_num_groups=4, steps=12, batch_size=32,
-                           warmup_steps=3)
 
 
 def sampler(**kw) -> SamplerConfig:
@@ -38,12 +35,9 @@ def req(i: int, label: int | None = None, seed: int | None = None, **attrs: str)
 
 
 @pytest.fixture(scope="module")
-def digits_ds(tmp_path_factory) -> Path:
-    from factory.data.ingest import ingest
-
-    out = tmp_path_factory.mktemp("emb-digits") / "digits"
-    ingest("sklearn:digits", out, overwrite=True)
-    return out
+def digits_ds(digits_split) -> Path:
+    """The real data the shared ``generator_dir`` (conftest.py) is trained on."""
+    return digits_split[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +50,9 @@ def colored_ds(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, digits_ds) -> Path:
-    out = tmp_path_factory.mktemp("emb-model") / "generator"
-    train_generator(digits_ds, TINY, out)
-    return out
+def model_dir(generator_dir) -> Path:
+    """``tiny_models.TINY_GENERATOR`` trained on ``digits_ds``, once per session."""
+    return generator_dir
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +254,10 @@ def test_recognition_of_real_images_matches_accuracy(digits_ds, tmp_path):
     assert accuracy(again, digits_ds) >= r["overall"] - 0.2
     with pytest.raises(FactoryError, match="labels"):
         recognition(model, [samples[0].pil()], [0, 1])
+
+
+def test_model_config_json_does_not_depend_on_the_hash_seed():
+    """diffusers keeps ``_use_default_values`` in a set; its order must not reach config.json's bytes."""
+    from factory.train.generator import _jsonable
+
+    assert _jsonable({"s": {"zeta", "beta", "alpha"}, "t": (1, 2)}) == {"s": ["alpha", "beta", "zeta"], "t": [1, 2]}

@@ -22,14 +22,9 @@ from factory.generate.tasks import GenerateConfig, GeneratorSpec, generate
 
 
 @pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory, digits_split):
-    from factory.train.generator import EmbeddedTrainConfig, train_generator
-
-    out = tmp_path_factory.mktemp("gen") / "generator"
-    cfg = EmbeddedTrainConfig(image_size=8, block_out_channels=(8, 16), norm_num_groups=4, steps=15,
-                              batch_size=32, warmup_steps=2)
-    train_generator(digits_split[0], cfg, out)
-    return out
+def tiny_generator(generator_dir):
+    """The shared tiny generator (conftest.py), trained on the digits train split."""
+    return generator_dir
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +64,7 @@ def test_generated_dataset_and_provenance(reference, tiny_generator, digits_spli
     assert g["backend"] == "embedded" and g["steps"] == 4 and g["guidance_scale"] == 2.0
     assert g["weights_sha256"] == __import__("hashlib").sha256(
         (tiny_generator / "model.safetensors").read_bytes()).hexdigest()
-    assert s.pil().size == (8, 8)
+    assert s.pil().size == (16, 16)
     assert not list(reference.parent.glob(".*partial"))
 
 
@@ -78,6 +73,7 @@ def test_same_inputs_same_bytes(reference, tiny_generator, plan_file, tmp_path):
     assert shard_bytes(tmp_path / "again") == shard_bytes(reference)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_dataset(reference, tiny_generator, plan_file, tmp_path):
     out = tmp_path / "raw"
     script = textwrap.dedent(f"""
@@ -121,6 +117,7 @@ def test_stale_work_for_other_inputs_is_discarded(reference, tiny_generator, pla
     assert shard_bytes(out) == shard_bytes(reference)
 
 
+@pytest.mark.slow
 def test_ray_executor_equals_local(reference, tiny_generator, plan_file, tmp_path):
     pytest.importorskip("ray")
     from factory.config import RayConfig

@@ -154,5 +154,5 @@ def test_cache_serves_later_epochs_from_memory(digits_split, tmp_path):
     stream.set_epoch(1)
     assert [m["key"] for *_, m in stream] == [k for *_, k in second]  # seeded by the epoch
     fresh = PoolStream(pool, shuffle_buffer=10, with_meta=True)  # no cache: needs the shards
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError, match=r"shard-\d{6}\.tar"):
         list(fresh)

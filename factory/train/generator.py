@@ -205,7 +205,14 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
+    """``d`` as plain JSON values. Sets become sorted lists: diffusers keeps ``_use_default_values`` in a set,
+    whose order changes with each process's hash seed, and would make ``config.json`` differ run to run."""
+    def plain(o: Any) -> Any:
+        if isinstance(o, (set, frozenset)):
+            return sorted(o, key=str)
+        return list(o) if isinstance(o, tuple) else str(o)
+
+    return json.loads(json.dumps(d, default=plain))
 
 
 def save_model(model: ConditionalUNet, config: dict[str, Any], out_dir: Path) -> None:
