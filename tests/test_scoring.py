@@ -183,6 +183,7 @@ def test_train_writes_a_complete_folder(model_dir, small):
     assert manifest["templates"][0] == "a photo of the digit {word}"
     assert manifest["parents"] == [Dataset(small).ref()]
     assert manifest["summary"]["steps"] == TINY.steps and manifest["train"]["steps"] == TINY.steps
+    assert "seconds" not in manifest["summary"], "a model folder holds no wall-clock time (same seed, same bytes)"
     assert not list(model_dir.parent.glob(".*partial*"))
 
 

@@ -17,6 +17,7 @@ from factory.core.files import atomic_write_bytes
 from factory.core.modelfolder import json_bytes
 from factory.core.sample import sample_attributes
 from factory.core.shards import Dataset
+from factory.core.timings import split_timings
 from factory.curate.scorers.base import _create, attribute_phrase
 from factory.curate.scorers.embedded import (
     MODEL_FOLDER,
@@ -222,7 +223,7 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
             "attributes": captions.attributes,
             "parents": [dataset.ref()],
             "train": cfg.to_dict(),
-            "summary": summary,
+            "summary": split_timings(summary)[0],  # no wall-clock time: same seed, same bytes
             "factory_version": __version__,
         }
         MODEL_FOLDER.write_weights(staging, model)
