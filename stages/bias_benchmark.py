@@ -6,25 +6,23 @@ split -> the metrics (accuracy, colour-consistent vs colour-flipped accuracy, an
     #           --metrics metrics/bias.json --live dvclive/bias
 """
 
-import argparse
 from pathlib import Path
 
 from dvclive import Live
 
 from factory.config import load_params
 from factory.core.files import write_json
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.measure.bias import bias_benchmark
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("train", help="the biased real train split")
-    ap.add_argument("test", help="the colour-randomised real test split")
-    ap.add_argument("pools", help="the folder of bias.pools' pool files")
-    ap.add_argument("--metrics", required=True, help="the metrics (JSON) to write")
-    ap.add_argument("--live", required=True, help="the folder of each pool's dvclive training curves")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("train", "the biased real train split"),
+                      ("test", "the colour-randomised real test split"),
+                      ("pools", "the folder of bias.pools' pool files"),
+                      ("--metrics", "the metrics (JSON) to write"),
+                      ("--live", "the folder of each pool's dvclive training curves"))
     params = load_params().study("bias")
     results = bias_benchmark(args.train, args.test, {name: Path(args.pools) / f"{name}.json" for name in params.pools},
                              params.classifier, live=lambda name: Live(f"{args.live}/{name}", dvcyaml=False,

@@ -5,18 +5,16 @@ from ``bias.test_source`` (colour independent of class) -> a test split.
     # dvc.yaml: python stages/bias_data.py data/bias/real/train data/bias/real/test
 """
 
-import argparse
 
 from factory.config import load_params
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.measure.bias import attribute_correlation, make_bias_splits
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("train", help="the biased train split to write")
-    ap.add_argument("test", help="the colour-randomised test split to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("train", "the biased train split to write"),
+                      ("test", "the colour-randomised test split to write"))
     params = load_params()
     b = params.bias
     counts = make_bias_splits(b.source, b.test_source, args.train, args.test, test_fraction=b.test_fraction,

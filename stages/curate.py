@@ -6,24 +6,22 @@
     #           --plan data/prompts/plan.jsonl --train ${plan.dataset} --test data/real/test
 """
 
-import argparse
 
 from factory.config import load_params
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.curate.filter import curate
 from factory.curate.scorers import load_scorer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("raw", help="the synthetic dataset to curate")
-    ap.add_argument("out", help="the curated dataset folder to write")
-    ap.add_argument("--rejected", required=True, help="the dataset folder of rejected samples to write")
-    ap.add_argument("--report", required=True, help="the curation report (JSON) to write")
-    ap.add_argument("--plan", required=True, help="the raw set's prompt plan (the quotas of the rebalancing)")
-    ap.add_argument("--train", required=True, help="the real train split (calibration, memorised copies)")
-    ap.add_argument("--test", required=True, action="append", help="a real test split (test leaks; repeatable)")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("raw", "the synthetic dataset to curate"),
+                      ("out", "the curated dataset folder to write"),
+                      ("--rejected", "the dataset folder of rejected samples to write"),
+                      ("--report", "the curation report (JSON) to write"),
+                      ("--plan", "the raw set's prompt plan (the quotas of the rebalancing)"),
+                      ("--train", "the real train split (calibration, memorised copies)"),
+                      ("--test", "a real test split (test leaks; repeatable)", {"action": "append"}))
     c = load_params().curate
     scorer = load_scorer(c.scorer_backend, c.scorer_model, c.scorer_checkpoint)
     result = curate(args.raw, args.out, scorer=scorer, cfg=c, calibrate_on=args.train, test=args.test,

@@ -4,24 +4,21 @@
     # dvc.yaml: python stages/generate.py data/prompts/plan.jsonl data/synthetic/raw
 """
 
-import argparse
 from contextlib import ExitStack
 
 from tqdm import tqdm
 
 from factory.config import load_params
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.generate.tasks import generate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default=None, help="e.g. bias: read bias.generate instead of generate")
-    ap.add_argument("--guidance-scale", type=float, default=None,
-                    help="override generate.guidance_scale (the guidance sweep)")
-    ap.add_argument("plan", help="the prompt plan (JSON lines) to make")
-    ap.add_argument("out", help="the dataset folder to write (or resume)")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("--guidance-scale", "override generate.guidance_scale (the guidance sweep)",
+                       {"type": float, "default": None}),
+                      ("plan", "the prompt plan (JSON lines) to make"),
+                      ("out", "the dataset folder to write (or resume)"), study=True)
     cfg = load_params().study(args.study).generate
     if args.guidance_scale is not None:
         cfg = cfg.replace(guidance_scale=args.guidance_scale)

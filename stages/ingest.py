@@ -3,17 +3,15 @@
     python stages/ingest.py OUT        # dvc.yaml: python stages/ingest.py data/real/full
 """
 
-import argparse
 
 from factory.config import load_params
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.data.ingest import ingest
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", help="the dataset folder to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("out", "the dataset folder to write"))
     params = load_params().ingest
     summary = ingest(params.source, args.out, shard_size=params.shard_size, overwrite=True)
     print(f"ingest: {summary.samples} samples in {summary.shards} shards -> {args.out}")

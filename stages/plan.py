@@ -4,20 +4,17 @@
     # dvc.yaml: python stages/plan.py ${plan.dataset} data/prompts/plan.jsonl
 """
 
-import argparse
 
 from factory.config import load_params
 from factory.core.shards import Dataset
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.generate.plans import build_plan, count_table, write_plan
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default=None, help="e.g. bias: read bias.plan instead of plan")
-    ap.add_argument("dataset", help="the real dataset whose classes the plan uses")
-    ap.add_argument("out", help="the plan file to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("dataset", "the real dataset whose classes the plan uses"),
+                      ("out", "the plan file to write"), study=True)
     params = load_params().study(args.study)
     plan = build_plan(params.plan, Dataset(args.dataset).classes)
     write_plan(plan, args.out)

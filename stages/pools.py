@@ -3,21 +3,18 @@
     python stages/pools.py [--study bias] OUT        # dvc.yaml: python stages/pools.py data/pools
 """
 
-import argparse
 import shutil
 from pathlib import Path
 
 from factory.config import load_params
 from factory.core.files import replace_dir, staging_dir
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.data.pools import build_pool, write_pool
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", default=None, help="e.g. bias: read bias.pools instead of pools")
-    ap.add_argument("out", help="the folder of pool files to write (replaced as a whole)")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("out", "the folder of pool files to write (replaced as a whole)"), study=True)
     params = load_params().study(args.study)
     out = Path(args.out)
     stage = staging_dir(out)

@@ -6,12 +6,11 @@ against the share of synthetic images (``report.fraction_pools``).
     # dvc.yaml: python stages/report.py --classifier metrics/classifier --contrastive metrics/contrastive ...
 """
 
-import argparse
 from pathlib import Path
 
 from factory.config import load_params
 from factory.core.files import atomic_write_bytes, write_json
-from factory.core.stage import run_stage
+from factory.core.stage import run_stage, stage_args
 from factory.measure.report import fraction_rows, load_metrics, render, to_html
 
 INPUTS = {"classifier": "folder of the classifiers' metrics", "contrastive": "folder of the encoders' metrics",
@@ -20,12 +19,8 @@ INPUTS = {"classifier": "folder of the classifiers' metrics", "contrastive": "fo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, what in INPUTS.items():
-        ap.add_argument(f"--{name}", required=True, help=what)
-    for name in ("markdown", "html", "plot"):
-        ap.add_argument(f"--{name}", required=True, help=f"the {name} file to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__, *((f"--{name}", what) for name, what in INPUTS.items()),
+                      *((f"--{name}", f"the {name} file to write") for name in ("markdown", "html", "plot")))
     params = load_params()
     metrics = load_metrics(list(params.pools), params.contrastive.pools,
                            **{k.replace("-", "_"): getattr(args, k.replace("-", "_")) for k in INPUTS})

@@ -6,27 +6,19 @@ scored by a linear probe (fit on all of REAL train, and on 10 real images per cl
     #           --metrics metrics/contrastive/${item}.json --timings reports/timings/train_contrastive/${item}.json
 """
 
-import argparse
 
 from factory.config import load_params
-from factory.core.files import write_json
-from factory.core.stage import run_stage
-from factory.core.timings import split_timings
+from factory.core.stage import run_stage, stage_args, write_results
 from factory.measure.probes import FEW_SHOT, contrastive_benchmark
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("pool", help="the pool file to train the encoders on")
-    ap.add_argument("train", help="the real train split (the probes' training data)")
-    ap.add_argument("test", help="the real test split")
-    ap.add_argument("--metrics", required=True, help="the metrics (JSON) to write")
-    ap.add_argument("--timings", required=True, help="the wall-clock timings (JSON) to write")
-    args = ap.parse_args()
+    args = stage_args(__doc__,
+                      ("pool", "the pool file to train the encoders on"),
+                      ("train", "the real train split (the probes' training data)"),
+                      ("test", "the real test split"), results=True)
     c = load_params().contrastive
-    metrics, timings = split_timings(contrastive_benchmark(args.pool, args.train, args.test, c.train, c.methods))
-    write_json(args.metrics, metrics)
-    write_json(args.timings, timings)
+    metrics, timings = write_results(args, contrastive_benchmark(args.pool, args.train, args.test, c.train, c.methods))
     for method, m in metrics["methods"].items():
         result = f"skipped ({m['skipped']})" if "skipped" in m else (
             f"linear-probe top-1 {m['top1']:.4f}, {FEW_SHOT}-shot {m[f'top1_{FEW_SHOT}shot']:.4f} "

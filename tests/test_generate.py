@@ -64,7 +64,7 @@ def test_generated_dataset_and_provenance(reference, tiny_generator, digits_spli
     assert g["backend"] == "embedded" and g["steps"] == 4 and g["guidance_scale"] == 2.0
     assert g["weights_sha256"] == __import__("hashlib").sha256(
         (tiny_generator / "model.safetensors").read_bytes()).hexdigest()
-    assert s.pil().size == (16, 16)
+    assert s.pil().size == (8, 8)
     assert not list(reference.parent.glob(".*partial"))
 
 

@@ -1,12 +1,15 @@
-"""Helpers shared by the thin scripts in ``stages/``: logging set-up and one-line errors."""
+"""Helpers shared by the thin scripts in ``stages/``: arguments, logging set-up and one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from factory.core.errors import FactoryError
+from factory.core.files import write_json
+from factory.core.timings import split_timings
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -17,3 +20,35 @@ def run_stage(main: Callable[[], None]) -> None:
     except FactoryError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def stage_args(doc: str | None, *specs: tuple[Any, ...], study: bool = False, results: bool = False
+               ) -> argparse.Namespace:
+    """Parse a stage's command line. Its paths come from ``dvc.yaml``, the one place they are written.
+
+    Each spec is ``(name, help)`` or ``(name, help, argparse keywords)``: a bare name is a positional
+    argument; ``--name`` is an option, required unless the keywords give it a ``default``. ``study`` adds
+    ``--study NAME`` (e.g. ``bias``: read that study's params sections instead of the main ones);
+    ``results`` adds ``--metrics FILE`` and ``--timings FILE`` (see :func:`write_results`).
+    """
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if study:
+        ap.add_argument("--study", default=None, help="a study (e.g. bias) whose params sections to read")
+    for name, help_text, *extra in specs:
+        kwargs = dict(extra[0]) if extra else {}
+        if name.startswith("--") and "default" not in kwargs:
+            kwargs["required"] = True
+        ap.add_argument(name, help=help_text, **kwargs)
+    if results:
+        ap.add_argument("--metrics", required=True, help="the results (JSON) to write: no wall-clock time")
+        ap.add_argument("--timings", required=True, help="the wall-clock timings (JSON) to write")
+    return ap.parse_args()
+
+
+def write_results(args: argparse.Namespace, summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write a summary's results to ``args.metrics`` and its wall-clock timings to ``args.timings``, so a
+    deterministic re-run writes the same metrics bytes and leaves the stages downstream clean."""
+    metrics, timings = split_timings(summary)
+    write_json(args.metrics, metrics)
+    write_json(args.timings, timings)
+    return metrics, timings
