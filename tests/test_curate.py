@@ -110,6 +110,22 @@ def test_explicit_thresholds_and_cli(planted, clip_dir, tmp_path):
     assert r.exit_code == 2 and "none" in r.stderr
 
 
+def test_progress_wraps_every_pass_over_the_samples(planted, scorer, digits_split, tmp_path):
+    raw, test = planted[0], digits_split[1]
+    seen = []
+
+    def progress(items, desc, total=None):
+        seen.append((desc, total))
+        return items
+
+    cfg = CurateConfig(min_score=-1.0, min_margin=-2.0)
+    quiet = curate(raw, tmp_path / "a", scorer=scorer, cfg=cfg, test=[test])
+    shown = curate(raw, tmp_path / "b", scorer=scorer, cfg=cfg, test=[test], progress=progress)
+    assert seen == [("score raw", 211), ("hash raw", 211), ("hash test", len(Dataset(test))), ("write b", 211)]
+    assert shown.report["reasons"] == quiet.report["reasons"]
+    assert [s.image for s in Dataset(tmp_path / "b")] == [s.image for s in Dataset(tmp_path / "a")]
+
+
 def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
     train = Dataset(digits_split[0])
     axis = AttributeAxis.make("stroke", ["thin", "bold"], [3, 1])
