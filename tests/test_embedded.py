@@ -268,3 +268,4 @@ def test_model_config_json_does_not_depend_on_the_hash_seed():
     from factory.train.generator import _jsonable
 
     assert _jsonable({"s": {"zeta", "beta", "alpha"}, "t": (1, 2)}) == {"s": ["alpha", "beta", "zeta"], "t": [1, 2]}
+    assert _jsonable({"_use_default_values": ["b", "c", "a"]}) == {"_use_default_values": ["a", "b", "c"]}

@@ -205,14 +205,18 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    """``d`` as plain JSON values. Sets become sorted lists: diffusers keeps ``_use_default_values`` in a set,
-    whose order changes with each process's hash seed, and would make ``config.json`` differ run to run."""
+    """``d`` as plain JSON values, in an order that does not depend on the process. diffusers builds a
+    scheduler config's ``_use_default_values`` as ``list(set(...))``, whose order changes with each process's
+    hash seed (and would make ``config.json`` differ run to run): it and any set come out sorted."""
     def plain(o: Any) -> Any:
         if isinstance(o, (set, frozenset)):
             return sorted(o, key=str)
         return list(o) if isinstance(o, tuple) else str(o)
 
-    return json.loads(json.dumps(d, default=plain))
+    out = json.loads(json.dumps(d, default=plain))
+    if isinstance(out.get("_use_default_values"), list):
+        out["_use_default_values"] = sorted(out["_use_default_values"], key=str)
+    return out
 
 
 def save_model(model: ConditionalUNet, config: dict[str, Any], out_dir: Path) -> None:
