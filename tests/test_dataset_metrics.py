@@ -1,5 +1,5 @@
 """Dataset metrics: FD against closed forms, PRDC against a brute-force copy of the reference implementation,
-per-class and balance numbers on hand-made cases, the feature extractors (a random-weight Inception v3 saved
+balance numbers on hand-made cases, the feature extractors (a random-weight Inception v3 saved
 to a temporary file), and evaluate_dataset end to end on the digits with a tiny CLIP trained in the test."""
 
 import io
@@ -20,8 +20,6 @@ from factory.measure.features import ClipFeatures, InceptionFeatures, extract, f
 from factory.measure.metrics import (
     attribute_balance,
     class_balance,
-    class_metrics,
-    feature_metrics,
     frechet_distance,
     knn_radii,
     prdc,
@@ -167,31 +165,7 @@ def test_prdc_rejects_mismatched_dimensions():
         prdc(np.zeros((10, 2)), np.zeros((10, 3)))
 
 
-# -- per class and balance --------------------------------------------------------------------------
-
-
-def test_class_metrics_per_class_and_too_small_classes():
-    rng = np.random.default_rng(3)
-    real = rng.standard_normal((30, 3))
-    real_labels = ["a"] * 12 + ["b"] * 12 + ["c"] * 6
-    fake = rng.standard_normal((23, 3)) + 0.5
-    fake_labels = ["a"] * 10 + ["b"] * 4 + ["c"] * 1 + ["x"] * 8
-    r = class_metrics(real, real_labels, fake, fake_labels, k=3, classes=["a", "b", "c", "d"])
-    assert r["overall"] == pytest.approx(feature_metrics(real, fake, k=3))
-    a = r["per_class"]["a"]
-    assert a["n_real"] == 12 and a["n_fake"] == 10 and "skipped" not in a
-    assert a["fd"] == pytest.approx(frechet_distance(real[:12], fake[:10]))
-    assert {m: a[m] for m in ("precision", "recall", "density", "coverage")} == \
-        pytest.approx(prdc(real[:12], fake[:10], k=3))
-    b = r["per_class"]["b"]  # 4 fake: enough for k=3
-    assert b["n_fake"] == 4 and b["precision"] is not None and "skipped" not in b
-    c = r["per_class"]["c"]  # 1 fake: neither FD nor PRDC
-    assert c["fd"] is None and c["coverage"] is None and "fd needs" in c["skipped"] and "k=3" in c["skipped"]
-    d = r["per_class"]["d"]
-    assert d["n_real"] == d["n_fake"] == 0 and d["fd"] is None
-    assert list(r["per_class"]) == ["a", "b", "c", "d"]  # "x" has no real samples: no entry
-    with pytest.raises(FactoryError, match="labels"):
-        class_metrics(real, real_labels[:-1], fake, fake_labels)
+# -- balance --------------------------------------------------------------------------------------
 
 
 def test_class_balance():
@@ -313,18 +287,20 @@ def test_evaluate_dataset_real_vs_degraded(clip_features, digits_split, bad_synt
 
     train, test = digits_split
     clf, _ = train_reference_classifier(train, epochs=3, seed=0)
-    good = evaluate_dataset(train, test, clip_features, k=5, classifier=clf)
-    bad = evaluate_dataset(bad_synthetic, test, clip_features, k=5, classifier=clf)
+    good = evaluate_dataset(train, test, clip_features, k=5, classifier=clf, draws=2, bootstrap=20)
+    bad = evaluate_dataset(bad_synthetic, test, clip_features, k=5, classifier=clf, draws=2, bootstrap=20)
     g, b = good["overall"], bad["overall"]
+    # both at one n: the smaller side (the 359 test images; the 300 degraded ones)
+    assert good["n"] == len(Dataset(test)) and bad["n"] == 300
     # real train against real test: one distribution
     assert g["precision"] > 0.7 and g["recall"] > 0.7 and g["coverage"] > 0.7 and 0.6 < g["density"] < 1.5
     # shifted and noised digits: further away, less faithful
-    assert b["fd"] > 3 * g["fd"]
+    assert b["fd"] > 3 * g["fd"] and b["kid"] > 3 * g["kid"]
     assert b["precision"] < g["precision"] - 0.1 and b["density"] < g["density"] - 0.3
     assert b["coverage"] < g["coverage"]
-    assert list(good["per_class"]) == Dataset(test).classes
-    assert all(c["precision"] is not None for c in good["per_class"].values())
-    assert sum(c["n_fake"] for c in bad["per_class"].values()) == 300 == bad["n_synthetic"]
+    assert g["fd_ci95"][0] <= g["fd"] <= g["fd_ci95"][1] and len(g["per_draw"]["kid"]) == 2
+    assert b["kid_ci95"][0] > g["kid_ci95"][1]  # the degraded set is out of the real set's noise
+    assert "per_class" not in good  # per-class FD is dropped (singular covariances at ~36 per class)
     assert good["n_real"] == len(Dataset(test)) and good["extractor"]["kind"] == "clip"
     assert good["class_balance"]["total"] == len(Dataset(train)) and good["class_balance"]["tv_from_uniform"] < 0.05
     assert good["attribute_balance"] == {}

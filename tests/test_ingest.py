@@ -63,7 +63,11 @@ def test_key_collisions_get_suffixes(tmp_path):
     write_image(tmp_path / "src" / "a" / "x.png", "L", "PNG")
     write_image(tmp_path / "src" / "a" / "x.jpg", "RGB", "JPEG")
     ingest(str(tmp_path / "src"), tmp_path / "out")
-    assert sorted(s.key for s in Dataset(tmp_path / "out")) == ["a_x", "a_x-2"]
+    # both colliding files get "-" + sha256(relative path)[:10] (issue 10: order never decides a key)
+    import hashlib
+
+    expected = sorted(f"a_x-{hashlib.sha256(p.encode()).hexdigest()[:10]}" for p in ("a/x.png", "a/x.jpg"))
+    assert sorted(s.key for s in Dataset(tmp_path / "out")) == expected
 
 
 def test_corrupt_image_fails_cleanly_or_is_skipped(tmp_path, imagenette):

@@ -41,3 +41,30 @@ def test_report_tables_and_fraction_plot(tmp_path):
     assert [r["pool"] for r in rows] == ["real", "half"] and rows[1]["synthetic_fraction"] == 0.5
     page = to_html(md)
     assert page.count("<table>") == 3 and "<td>98.0%</td>" in page
+
+
+def metric_row(fd, lo, hi, **extra):
+    row = {m: 0.5 for m in ("kid", "precision", "recall", "density", "coverage")}
+    row.update({f"{m}_ci95": [0.4, 0.6] for m in ("kid", "precision", "recall", "density", "coverage")})
+    return {**row, "fd": fd, "fd_ci95": [lo, hi], **extra}
+
+
+def test_report_evaluation_floor_row_intervals_and_noise():
+    floor = {"label": "real (floor)", "path": "data/real/train", "samples": 1438, "note": "real train for now",
+             **metric_row(2.0, 1.5, 2.5), "views": {"clip": metric_row(0.01, 0.005, 0.02)}}
+    near = {"samples": 996, "guidance_scale": 2.0, "recognition": 0.99, "class_balance_tv": 0.004,
+            **metric_row(2.2, 1.9, 2.6, within_noise={"fd": True, "kid": True, "precision": False}),
+            "views": {"clip": metric_row(0.03, 0.025, 0.04, within_noise={"fd": False})}}
+    ev = {"encoder": {"kind": "reference_cnn"}, "n": 359, "draws": 5, "bootstrap": 200,
+          "views": {"reference_cnn": {"label": "reference CNN (independent)"},
+                    "clip": {"label": "CLIP (the curation filter's space: not independent)"}},
+          "reference_classifier": {"test_accuracy": 0.99}, "floor": floor, "datasets": {"curated": near}}
+    md = render({"classifier": {}, "contrastive": {}, "evaluate": ev, "bias": None, "curate": None})
+    assert "n = 359 images per side" in md and "5 seeded draws" in md and "reference CNN (independent)" in md
+    assert "| real (floor) | 1438 |  |  |  | 2.0000 [1.5000, 2.5000] |" in md
+    assert "| curated | 996 | 2.0 | 99.0% | n/a | 2.2000 [1.9000, 2.6000] | 0.5000 [0.4000, 0.6000] |" in md
+    assert md.rstrip().endswith("| curated | 0.0300 [0.0250, 0.0400] | 0.5000 [0.4000, 0.6000] | 0.500 [0.400, 0.600] "
+                                "| 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] | none |")
+    assert "| 0.004 | fd, kid |" in md  # within noise of the floor: the metrics whose intervals overlap
+    assert "Feature space: CLIP (the curation filter's space: not independent); same n and draws." in md
+    assert "Floor: data/real/train (real train for now)." in md

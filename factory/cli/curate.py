@@ -3,13 +3,12 @@ leaks into a test split, memorisation of a train split)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from factory.cli.common import parse_scorer, progress
+from factory.cli.common import echo, echo_json, escape, escape_all, parse_scorer, progress
 from factory.core.errors import FactoryError
 
 
@@ -35,18 +34,19 @@ def filter_cmd(dataset: Path, out_dir: Path, scorer_spec: str, min_score: float 
     Example: factory filter data/synthetic/raw data/filtered --scorer embedded:models/clip --rejected data/rej
     """
     from factory.config import CurateConfig
-    from factory.curate.filter import curate
+    from factory.curate.filter import check_outputs, curate
 
     cfg = CurateConfig(min_score=min_score, min_margin=min_margin, percentile=percentile, deduplicate=False,
                        rebalance=False)
-    scorer = parse_scorer(scorer_spec)
     calib = None if (min_score is not None and min_margin is not None) else calibrate_on
+    check_outputs(out_dir, rejected, report, inputs=[dataset, calib], overwrite=overwrite)  # before the scorer loads
+    scorer = parse_scorer(scorer_spec)
     r = curate(dataset, out_dir, scorer=scorer, cfg=cfg, calibrate_on=calib, rejected_dir=rejected,
                report_path=report, overwrite=overwrite, progress=progress)
     t = r.report["filter"]["thresholds"]
-    click.echo(f"kept {r.kept} of {r.report['samples']} (clip >= {t['min_score']:.4f}, margin >= "
-               f"{t['min_margin']:.4f}); rejected: " + ", ".join(
-                   f"{k} {v}" for k, v in r.report["reasons"].items() if k != "kept" and v))
+    echo(f"kept {r.kept} of {r.report['samples']} (clip >= {t['min_score']:.4f}, margin >= "
+         f"{t['min_margin']:.4f}); rejected: " + ", ".join(
+             f"{escape(k)} {v}" for k, v in r.report["reasons"].items() if k != "kept" and v))
 
 
 @click.command("audit")
@@ -67,7 +67,10 @@ def prompts_audit(dataset: Path, plan_file: Path | None, scorer_spec: str | None
 
     scorer = parse_scorer(scorer_spec) if scorer_spec else None
     result = audit(dataset, plan=plan_file, scorer=scorer, mode=mode)  # type: ignore[arg-type]
-    click.echo(json.dumps(result, indent=2) if as_json else format_audit(result))
+    if as_json:
+        echo_json(result)
+    else:
+        echo(format_audit(escape_all(result)))
 
 
 @click.command("dedup")
@@ -105,41 +108,45 @@ def dedup_command(dataset: Path, against: tuple[Path, ...], report_against: tupl
     Example: factory dedup data/synthetic/raw --against data/real/test \\
                --report-against data/real/train --out data/synthetic/dedup --report reports/dedup.json
     """
+    from factory.core.outputs import claim_output_file
     from factory.core.shards import check_output_dir
     from factory.curate.dedup import DedupConfig, find_duplicates, write_clean
 
     config = DedupConfig(hash=hash_name, hash_size=hash_size, max_distance=max_distance)
+    inputs = [dataset, *against, *report_against]
     if out_dir is not None:  # fail before hashing, not after
         if out_dir.resolve() == dataset.resolve():
             raise FactoryError(f"--out {out_dir}: must differ from DATASET")
-        check_output_dir(out_dir, overwrite)
+        check_output_dir(out_dir, overwrite, inputs=inputs, others=[report_file])
+    if report_file is not None:
+        claim_output_file(report_file, inputs=inputs, others=[out_dir])
     report = find_duplicates(dataset, against=against, report_against=report_against, config=config,
                              progress=progress)
-    if report_file is not None:
-        report.write(report_file)
-    if out_dir is not None:
+    if out_dir is not None:  # first: a hostile input that fails the copy leaves no report behind
         meta = {"dedup": {"from": str(dataset), "hash": config.hash, "hash_size": config.hash_size,
                           "max_distance": config.distance, "against": [str(p) for p in against],
                           "removed": len(report.removed)}}
         write_clean(dataset, report.removed, out_dir, overwrite=overwrite, meta=meta, progress=progress)
+    if report_file is not None:
+        report.write(report_file, others=[out_dir])
 
     s = report.summary
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        echo_json(s)
     else:
         w = s["within"]
-        click.echo(f"{dataset}: {s['samples']} samples, {config.hash} {config.hash_size}x{config.hash_size} "
-                   f"(max distance {config.distance})")
-        click.echo(f"  within: {w['pairs']} pairs in {w['clusters']} clusters -> {w['removed']} removed")
+        echo(f"{escape(dataset)}: {s['samples']} samples, {config.hash} {config.hash_size}x{config.hash_size} "
+             f"(max distance {config.distance})")
+        echo(f"  within: {w['pairs']} pairs in {w['clusters']} clusters -> {w['removed']} removed")
         for c in s["cross"]:
             what = "removed (leaks)" if c["role"] == "against" else "reported (memorisation)"
-            click.echo(f"  {'against' if c['role'] == 'against' else 'report-against'} {c['dataset']}: "
-                       f"{c['pairs']} pairs, {c['matched']} samples match ({c['rate']:.2%}) -> {what}")
+            echo(f"  {'against' if c['role'] == 'against' else 'report-against'} {escape(c['dataset'])}: "
+                 f"{c['pairs']} pairs, {c['matched']} samples match ({c['rate']:.2%}) -> {what}")
         if s["memorization_rate"] is not None:
-            click.echo(f"  memorisation rate: {s['memorization_rate']:.2%}")
-        click.echo(f"  removed {s['removed']}, kept {s['kept']}"
-                   + (f" -> {out_dir}" if out_dir is not None else ""))
+            echo(f"  memorisation rate: {s['memorization_rate']:.2%}")
+        echo(f"  removed {s['removed']}, kept {s['kept']}"
+             + (f" -> {escape(out_dir)}" if out_dir is not None else ""))
         if report_file is not None:
-            click.echo(f"  report: {report_file}")
+            echo(f"  report: {escape(report_file)}")
     if fail_on_duplicates and report.pairs:
         sys.exit(1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from factory.cli.common import progress
+from factory.cli.common import echo, echo_json, escape, escape_all, progress
 
 
 @click.command()
@@ -31,12 +31,12 @@ def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_b
 
     summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
                          overwrite=overwrite, progress=lambda it: progress(it, "ingest"))
-    click.echo(f"wrote {summary.samples} samples in {summary.shards} shards "
-               f"({len(summary.classes)} classes) to {summary.out_dir}")
+    echo(f"wrote {summary.samples} samples in {summary.shards} shards "
+         f"({len(summary.classes)} classes) to {escape(summary.out_dir)}")
     if skip_bad:
-        click.echo(f"skipped {len(summary.skipped)} unreadable images")
+        echo(f"skipped {len(summary.skipped)} unreadable images")
         for what in summary.skipped:
-            click.echo(f"  skipped: {what}")
+            echo(f"  skipped: {escape(what)}")
 
 
 @click.command()
@@ -44,7 +44,7 @@ def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_b
 @click.argument("train_out", type=click.Path(path_type=Path))
 @click.argument("test_out", type=click.Path(path_type=Path))
 @click.option("--test-fraction", required=True, type=float, help="Share of each class that goes to TEST_OUT.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Default: the input's.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already hold datasets.")
 def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, seed: int,
@@ -57,7 +57,8 @@ def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, 
 
     counts = run_split(dataset, train_out, test_out, test_fraction=test_fraction, seed=seed,
                        shard_size=shard_size, overwrite=overwrite)
-    click.echo(f"train: {counts['train']} samples -> {train_out}; test: {counts['test']} samples -> {test_out}")
+    echo(f"train: {counts['train']} samples -> {escape(train_out)}; "
+         f"test: {counts['test']} samples -> {escape(test_out)}")
 
 
 @click.command()
@@ -76,16 +77,16 @@ def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
             Dataset(p)
     results = [run_verify(p) for p in datasets]
     if as_json:
-        click.echo(json.dumps([{"dataset": str(r.dataset), "ok": r.ok, "samples": r.samples,
-                                "shards": r.shards, "problems": r.problems} for r in results], indent=2))
+        echo_json([{"dataset": str(r.dataset), "ok": r.ok, "samples": r.samples,
+                    "shards": r.shards, "problems": r.problems} for r in results])
     else:
         for r in results:
             if r.ok:
-                click.echo(f"OK   {r.dataset}: {r.samples} samples in {r.shards} shards")
+                echo(f"OK   {escape(r.dataset)}: {r.samples} samples in {r.shards} shards")
             else:
-                click.echo(f"BAD  {r.dataset}: {len(r.problems)} problem(s)")
+                echo(f"BAD  {escape(r.dataset)}: {len(r.problems)} problem(s)")
                 for problem in r.problems:
-                    click.echo(f"  {problem}")
+                    echo(f"  {escape(problem)}")
     if not all(r.ok for r in results):
         sys.exit(1)
 
@@ -101,7 +102,10 @@ def inspect_cmd(dataset: Path, as_json: bool) -> None:
     from factory.data.inspection import format_summary, summarize
 
     info = summarize(dataset)
-    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+    if as_json:
+        echo_json(info)
+    else:
+        echo(format_summary(escape_all(info)))
 
 
 @click.command()
@@ -114,14 +118,14 @@ def show(dataset: Path, key: str) -> None:
     """
     from factory.data.inspection import show as run_show
 
-    click.echo(run_show(dataset, key))
+    echo_json(json.loads(run_show(dataset, key)), sort_keys=True)
 
 
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--per-class", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--cell", default=64, show_default=True, type=click.IntRange(min=8), help="Cell size in pixels.")
+@click.option("--cell", default=64, show_default=True, type=click.IntRange(8, 1024), help="Cell size in pixels.")
 def grid(dataset: Path, out: Path, per_class: int, cell: int) -> None:
     """Draw a contact sheet of DATASET to OUT.png: one labelled row per class.
 
@@ -129,4 +133,4 @@ def grid(dataset: Path, out: Path, per_class: int, cell: int) -> None:
     """
     from factory.data.inspection import grid as run_grid
 
-    click.echo(f"wrote {run_grid(dataset, out, per_class=per_class, cell=cell)}")
+    echo(f"wrote {escape(run_grid(dataset, out, per_class=per_class, cell=cell))}")

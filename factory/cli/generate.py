@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from factory.cli.common import echo, echo_json, escape, escape_all
+
+if TYPE_CHECKING:
+    from factory.generate.plans import Plan
+
+
+def escaped_plan(plan: "Plan") -> "Plan":
+    """``plan`` with its class names and attribute values escaped, for the count table on a terminal."""
+    from dataclasses import replace
+
+    from factory.generate.plans import Plan
+
+    return Plan(escape_all(plan.header), [replace(r, class_name=escape(r.class_name),
+                                                  attributes=escape_all(r.attributes)) for r in plan.rows])
 
 
 @click.group()
@@ -25,14 +40,17 @@ def prompts_build(params_file: Path, out: Path, dataset: Path | None) -> None:
     Example: factory prompts build params.yaml data/prompts/plan.jsonl
     """
     from factory.config import load_params
+    from factory.core.outputs import claim_output_file
     from factory.core.shards import Dataset
     from factory.generate.plans import build_plan, count_table, write_plan
 
     params = load_params(params_file)
-    plan = build_plan(params.plan, Dataset(dataset or params.plan.dataset).classes)
+    source = dataset or params.plan.dataset
+    claim_output_file(out, inputs=[params_file, source])
+    plan = build_plan(params.plan, Dataset(source).classes)
     write_plan(plan, out)
-    click.echo(count_table(plan))
-    click.echo(f"wrote {out}")
+    echo(count_table(escaped_plan(plan)))
+    echo(f"wrote {escape(out)}")
 
 
 @prompts.command("show")
@@ -47,9 +65,9 @@ def prompts_show(plan_file: Path, as_json: bool) -> None:
 
     plan = read_plan(plan_file)
     if as_json:
-        click.echo(json.dumps(plan.header, indent=2))
+        echo_json(plan.header)
     else:
-        click.echo(count_table(plan))
+        echo(count_table(escaped_plan(plan)))
 
 
 @click.command()
@@ -61,7 +79,8 @@ def prompts_show(plan_file: Path, as_json: bool) -> None:
 def regenerate(dataset: Path, key: str, out: Path, model: str | None, device: str) -> None:
     """Rebuild sample KEY of DATASET from its provenance alone, write it to OUT and compare bytes.
 
-    Exit 0 when the bytes match the stored sample, 1 when they differ.
+    Exit 0 when the bytes match the stored sample and the generator's weights match the recorded
+    weights_sha256; 1 when either differs (both verdicts are printed).
 
     Example: factory regenerate data/synthetic/raw 3-g00002-01 again.png
     """
@@ -69,9 +88,17 @@ def regenerate(dataset: Path, key: str, out: Path, model: str | None, device: st
 
     r = run_regenerate(dataset, key, out, model=model, device=device)
     if r.match:
-        click.echo(f"match: {key} rebuilt byte for byte (sha256 {r.actual_sha256[:16]}...) -> {r.out}")
-        return
-    why = "" if r.weights_match else " (the generator weights differ from the recorded weights_sha256)"
-    click.echo(f"DIFFERENT: {key}: stored sha256 {r.expected_sha256[:16]}..., rebuilt {r.actual_sha256[:16]}..."
-               f"{why} -> {r.out}")
-    sys.exit(1)
+        echo(f"match: {escape(key)} rebuilt byte for byte (sha256 {r.actual_sha256[:16]}...) -> {escape(r.out)}")
+    else:
+        echo(f"DIFFERENT: {escape(key)}: stored sha256 {r.expected_sha256[:16]}..., rebuilt "
+             f"{r.actual_sha256[:16]}... -> {escape(r.out)}")
+    loaded = f"loaded {(r.actual_weights_sha256 or '?')[:16]}..."
+    if r.weights_match:
+        echo(f"weights match: the generator's sha256 is the recorded weights_sha256 ({loaded})")
+    elif r.expected_weights_sha256 is None:
+        echo(f"weights UNVERIFIED: the record has no weights_sha256 to compare with ({loaded})")
+    else:
+        echo(f"weights DIFFERENT: the generator weights differ from the recorded weights_sha256 "
+             f"(recorded {r.expected_weights_sha256[:16]}..., {loaded})")
+    if not r.ok:
+        sys.exit(1)

@@ -13,7 +13,7 @@ import click
 
 from factory import __version__
 from factory.cli import curate, data, generate
-from factory.cli.common import FactoryGroup
+from factory.cli.common import EscapingFormatter, FactoryGroup
 
 __all__ = ["FactoryGroup", "cli", "main"]
 
@@ -23,8 +23,12 @@ __all__ = ["FactoryGroup", "cli", "main"]
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def cli(verbose: bool) -> None:
     """Synthetic image dataset factory: make, curate, version and prove synthetic training data."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    from factory.core.sample import build_epoch
+
+    build_epoch()  # a bad SOURCE_DATE_EPOCH fails here, before numpy's f2py reads it at import (a traceback)
 
 
 for command in (data.ingest, data.split, data.verify, data.inspect_cmd, data.show, data.grid,

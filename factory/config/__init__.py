@@ -61,6 +61,7 @@ from factory.config.train import (
     EmbeddedTrainConfig,
 )
 from factory.core.errors import FactoryError
+from factory.core.secrets import secret_problems
 
 __all__ = [
     "ARCHS", "BACKENDS", "BETA_SCHEDULES", "CLASS_WORD_MODES", "DEFAULT_ATTRIBUTE_TEMPLATES",
@@ -181,15 +182,31 @@ class Params(Section):
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
-    """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line."""
+    """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line.
+
+    Every string in the file (and every key) is also checked for secrets (:mod:`factory.core.secrets`):
+    params reach plans, provenance and ``dvc.lock``, so a token there fails the stage before DVC records it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FactoryError(f"{path}: no such params file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise FactoryError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FactoryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = [f"{path}: {line}" for line in secret_problems(data, "")]
+        try:
+            params = Params.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            lines += [f"{path}: {line}" for line in error_lines(exc, Params)]
     except yaml.YAMLError as exc:
         raise FactoryError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
-    try:
-        return Params.model_validate(data if data is not None else {})
-    except ValidationError as exc:
-        raise FactoryError("\n".join(f"{path}: {line}" for line in error_lines(exc, Params))) from None
+    except RecursionError:
+        raise FactoryError(f"{path}: nested too deeply") from None
+    if lines:
+        raise FactoryError("\n".join(dict.fromkeys(lines)))
+    return params

@@ -15,12 +15,12 @@ import types
 import typing
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, ValidationError
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, ValidationError
 from pydantic_core import PydanticCustomError
 
 from factory.core.errors import FactoryError
 
-SEED_LIMIT = 2**63
+SEED_LIMIT = 2**32  # numpy's legacy seeding and scikit-learn's random_state take 32-bit seeds
 _MISSING = object()
 
 
@@ -42,6 +42,15 @@ def _integral(v: Any) -> Any:
 def _float(v: Any) -> Any:
     if isinstance(v, bool):
         raise PydanticCustomError("number", "must be a number")
+    if isinstance(v, (numbers.Real, str)):  # inf and nan fail here, before any bound is compared with them
+        try:
+            finite = math.isfinite(float(v))
+        except OverflowError:
+            finite = False
+        except ValueError:
+            return v  # not a number at all: pydantic says so
+        if not finite:
+            raise PydanticCustomError("finite_number", "must be a finite number")
     return v
 
 
@@ -64,7 +73,7 @@ def as_number(v: Any) -> int | float:
 Int = Annotated[int, BeforeValidator(_integral), Strict()]
 Seed = Annotated[int, BeforeValidator(_integral), Strict(), Field(ge=0, lt=SEED_LIMIT)]
 Bool = Annotated[bool, Strict()]
-Float = Annotated[float, BeforeValidator(_float)]  # any number, stored as a float
+Float = Annotated[float, BeforeValidator(_float), AllowInfNan(False)]  # any finite number, stored as a float
 Num = Annotated[float, PlainValidator(as_number)]  # any finite number, an int kept as an int
 
 

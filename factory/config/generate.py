@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
@@ -14,6 +15,8 @@ Scheduler = Literal["ddim", "dpm", "euler", "ddpm", "pndm"]
 Backend = Literal["embedded", "diffusers"]
 Executor = Literal["local", "ray"]
 SCHEDULERS, BACKENDS, EXECUTORS = get_args(Scheduler), get_args(Backend), get_args(Executor)
+MAX_IMAGES_PER_CLASS = 1_000_000  # a plan holds its rows in memory
+MAX_SIDE = 8192  # pixels of a generated image's side
 
 
 class AttributeAxis(Section):
@@ -23,7 +26,7 @@ class AttributeAxis(Section):
 
     name: str
     values: tuple[str, ...]
-    weights: tuple[float, ...]  # normalised to sum to 1 (by make)
+    weights: tuple[Float, ...]  # normalised to sum to 1 (by make)
 
     @model_validator(mode="after")
     def _check(self) -> "AttributeAxis":
@@ -51,7 +54,9 @@ def axis_problem(values: Sequence[str], weights: Sequence[float]) -> str | None:
         return f"values must be unique (got {list(values)})"
     if len(weights) != len(values):
         return f"{len(weights)} weights for {len(values)} values"
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
+    if not all(math.isfinite(w) for w in weights):
+        return f"weights must be finite numbers (got {list(weights)})"
+    if any(w < 0 for w in weights) or sum(weights) <= 0 or not math.isfinite(sum(weights)):
         return f"weights must be >= 0 with a positive sum (got {list(weights)})"
     return None
 
@@ -66,11 +71,11 @@ class PlanConfig(Section):
 
     dataset: str = "data/real/train"  # the real dataset whose classes the plan uses
     classes: tuple[str, ...] | None = None
-    images_per_class: Int = Field(100, gt=0)
-    images_per_prompt: Int = Field(4, gt=0)
+    images_per_class: Int = Field(100, gt=0, le=MAX_IMAGES_PER_CLASS)
+    images_per_prompt: Int = Field(4, gt=0, le=MAX_IMAGES_PER_CLASS)
     templates: tuple[str, ...] = Field(("a photo of the digit {class_name}",), min_length=1)
     attributes: tuple[AttributeAxis, ...] = ()
-    oversample: Float = Field(1.0, ge=1.0)  # make this many times the target, so curation can subsample to it
+    oversample: Float = Field(1.0, ge=1.0, le=100.0)  # make this many times the target, so curation can subsample to it
     seed: Seed = 0
 
     @field_validator("classes", mode="before")
@@ -129,8 +134,8 @@ class SamplerConfig(Section):
     steps: Int = Field(20, ge=1)
     scheduler: Scheduler = "ddim"
     negative_prompt: str | None = None
-    height: Int | None = Field(None, ge=8, multiple_of=8)  # None: the model's native size
-    width: Int | None = Field(None, ge=8, multiple_of=8)
+    height: Int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)  # None: the model's native size
+    width: Int | None = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
     batch_size: Int = Field(64, ge=1)

@@ -59,10 +59,15 @@ class EvaluationConfig(Section):
     where: ClassVar[str] = "evaluate"
 
     reference: str = "data/real/test"  # the real dataset every synthetic one is compared with
-    train: str = "data/real/train"     # what the recognition classifier is trained on
-    encoder: Literal["clip", "inception"] = "clip"
+    train: str = "data/real/train"     # what the reference CNN (recognition, default feature space) learns from
+    floor: str = "data/real/train"     # real data disjoint from reference: the real-vs-real floor (real val once the split exists)
+    encoder: Literal["clip", "inception"] = "clip"  # a second, labelled feature space beside the reference CNN's
     encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
+    inception_path: str = ""           # Inception v3 weights file: a third view when the file is on disk
     k: Int = Field(5, ge=1)
+    n: Int | None = Field(None, ge=2)  # samples per side of every comparison; None: the smallest set (at most 2000)
+    draws: Int = Field(5, ge=1)        # seeded draws of n per set; metrics are their means
+    bootstrap: Int = Field(200, ge=0)  # bootstrap resamples in all (over the draws) for the 95% intervals; 0: none
     reference_epochs: Int = Field(10, ge=1)
     datasets: dict[str, str] = Field(default_factory=dict)  # name -> synthetic dataset folder
     cas: tuple[str, ...] = ()        # datasets to train the classifier on alone (CAS)

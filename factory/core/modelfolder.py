@@ -14,7 +14,9 @@ Each kind is a :class:`ModelFolder`: its file names and the layout of its config
 keys) are parameters, so every kind keeps the exact bytes it has always written. A folder is assembled in
 a hidden staging folder next to its destination (:func:`~factory.core.files.staging_dir`) and moved into
 place whole (:func:`~factory.core.files.replace_dir`): a crash at any moment leaves the previous folder.
-A destination that exists, is not empty and is not a folder of the kind is never replaced. Loading
+A destination that exists, is not empty and is not a complete folder of the kind (its config parses with
+the kind's schema, its files are there, nothing else is) is never replaced, nor one that overlaps an input
+of the training; the writer holds the folder's lock (:mod:`factory.core.outputs`) from check to move. Loading
 checks the folder, its files and the config's schema and fields, and raises :class:`FactoryError` with
 one line naming the file at fault.
 """
@@ -23,14 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, read_json, replace_dir, staging_dir
+from factory.core.files import atomic_write_bytes, read_json, writing
+from factory.core.outputs import OutputDir, PathLike, claim_output_dir
 
 if TYPE_CHECKING:
     import torch
@@ -97,36 +99,47 @@ class ModelFolder:
 
     # -- saving ----------------------------------------------------------------------------------
 
-    def check_target(self, out_dir: Path | str) -> None:
-        """Refuse ``out_dir`` unless it is absent, empty or already a folder of this kind."""
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise FactoryError(f"{out_dir}: exists and is not a directory")
-        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / self.config).is_file():
-            raise FactoryError(f"{out_dir}: exists, is not empty and is not a {self.short or self.kind} folder; "
-                               f"refusing to overwrite it")
+    def folder_problem(self, folder: Path) -> str | None:
+        """What keeps the existing, non-empty ``folder`` from being replaced as a folder of this kind, or
+        None: its config must parse with this kind's schema, and it may hold nothing but this kind's files,
+        files its config names (e.g. an architecture file) and hidden temporary files of our writers."""
+        refusal = f"exists, is not empty and is not a {self.short or self.kind} folder"
+        try:
+            config = json.loads((folder / self.config).read_bytes())
+        except (OSError, ValueError):
+            return f"{refusal} (no readable {self.config})"
+        if not isinstance(config, dict) or config.get("schema") != self.schema:
+            return f"{refusal} ({self.config} has no schema {self.schema!r})"
+        known = {self.weights, self.config, *self.files}
+        known |= {v for v in config.values() if isinstance(v, str) and "/" not in v and (folder / v).is_file()}
+        for p in folder.iterdir():
+            if p.name in known:
+                if not p.is_file():
+                    return f"{refusal} ({p.name} is not a file)"
+            elif not (p.name.startswith(".") and ".tmp" in p.name and p.is_file()):
+                return f"{refusal} (it also holds {p.name})"
+        return None  # an incomplete folder of this kind (a file missing) may be replaced: it is ours
+
+    def check_target(self, out_dir: Path | str, inputs: Iterable[PathLike | None] = ()) -> Path:
+        """Refuse ``out_dir`` (before any work) unless it is absent, empty or a complete folder of this kind,
+        and apart from ``inputs`` (e.g. the training dataset); returns it resolved."""
+        return claim_output_dir(out_dir, inputs=inputs, overwrite=True, replaceable=self.folder_problem)
 
     @contextmanager
-    def staging(self, out_dir: Path | str) -> Iterator[Path]:
-        """A fresh, empty staging folder for ``out_dir``. When the block ends it must hold the weights and
-        the config; it then replaces ``out_dir`` whole. If the block raises, it is removed and ``out_dir``
-        is left as it was."""
-        out_dir = Path(out_dir)
-        self.check_target(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_dir(out_dir)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
+    def staging(self, out_dir: Path | str, inputs: Iterable[PathLike | None] = ()) -> Iterator[Path]:
+        """A fresh, empty staging folder for ``out_dir`` (whose lock is held until the block ends). When
+        the block ends it must hold the weights and the config; it then replaces ``out_dir`` whole. If the
+        block raises, it is removed and ``out_dir`` is left as it was."""
+        output = OutputDir(out_dir, inputs=inputs, overwrite=True, replaceable=self.folder_problem)
         try:
-            yield staging
+            yield output.staging
             for name in (self.weights, self.config, *self.files):
-                if not (staging / name).is_file():
+                if not (output.staging / name).is_file():
                     raise FactoryError(f"{out_dir}: {name} was not written; not saving an incomplete {self.kind}")
-            replace_dir(staging, out_dir)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            output.abort()
             raise
+        output.publish()
 
     def write_weights(self, folder: Path, model: "torch.nn.Module") -> None:
         """``model``'s state dict as ``folder/<weights>`` (readable by all, as the JSON files are)."""
@@ -134,8 +147,9 @@ class ModelFolder:
 
         path = Path(folder) / self.weights
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(path), metadata=dict(self.metadata) if self.metadata is not None else None)
-        os.chmod(path, 0o644)  # safetensors creates the file private (0600)
+        with writing(path):
+            save_file(state, str(path), metadata=dict(self.metadata) if self.metadata is not None else None)
+            os.chmod(path, 0o644)  # safetensors creates the file private (0600)
 
     def write_config(self, folder: Path, config: Mapping[str, Any]) -> None:
         if config.get("schema") != self.schema:
@@ -143,9 +157,9 @@ class ModelFolder:
         atomic_write_bytes(Path(folder) / self.config, json_bytes(config, indent=self.indent, sort_keys=self.sort_keys))
 
     def save(self, out_dir: Path | str, model: "torch.nn.Module", config: Mapping[str, Any],
-             files: Mapping[str, bytes] | None = None) -> None:
+             files: Mapping[str, bytes] | None = None, inputs: Iterable[PathLike | None] = ()) -> None:
         """Write the weights, ``files`` (name -> bytes) and the config, then move the folder into place."""
-        with self.staging(out_dir) as folder:
+        with self.staging(out_dir, inputs) as folder:
             self.write_weights(folder, model)
             for name, data in (files or {}).items():
                 atomic_write_bytes(folder / name, data)

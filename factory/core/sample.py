@@ -20,15 +20,19 @@ from PIL import Image
 
 from factory import __version__
 from factory.core.errors import FactoryError
+from factory.core.limits import check_pixels
+from factory.core.secrets import check_no_secret
 
 SAMPLE_SCHEMA = "factory.sample/1"
 IMAGE_EXTS = ("png", "jpg", "webp")
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+KEY_RE = re.compile(r"[A-Za-z0-9_-]+")  # the contract's keys (use fullmatch): no dots, no slashes
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")  # anchored, for .match()
 _FORMAT_TO_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
 # Tar members and the ``created`` field use one fixed timestamp so that the same input gives
 # byte-identical shards (reproducible-builds.org: SOURCE_DATE_EPOCH overrides it).
 DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
+MAX_EPOCH = 8**11 - 1  # the largest mtime of a ustar header (11 octal digits; year 2242)
 
 GENERATOR_FIELDS = (
     "backend", "model", "weights_sha256", "scheduler", "steps", "guidance_scale",
@@ -43,9 +47,13 @@ def build_epoch() -> int:
     if raw is None:
         return DEFAULT_EPOCH
     try:
-        return int(raw)
+        epoch = int(raw)
     except ValueError:
-        raise FactoryError(f"SOURCE_DATE_EPOCH must be an integer; got {raw!r}") from None
+        epoch = -1
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise FactoryError(f"SOURCE_DATE_EPOCH must be an integer in [0, {MAX_EPOCH}] (seconds since 1970); "
+                           f"got {raw[:40]!r}")
+    return epoch
 
 
 def created_stamp() -> str:
@@ -71,9 +79,17 @@ def image_ext(data: bytes) -> str:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes fully (``load``), so truncated files fail here and not later."""
-    im = Image.open(io.BytesIO(data))
-    im.load()
+    """Decode image bytes fully (``load``), so truncated files fail here and not later. An image over
+    :func:`~factory.core.limits.max_image_pixels` is refused before its pixels are allocated; every
+    failure is a FactoryError."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        check_pixels(*im.size)
+        im.load()
+    except FactoryError:
+        raise
+    except Exception as exc:  # PIL raises many types for garbage input (OSError, SyntaxError, ...)
+        raise FactoryError(f"not a readable image ({exc})") from None
     return im
 
 
@@ -98,7 +114,10 @@ class Sample:
     ext: str = "png"
 
     def pil(self) -> Image.Image:
-        return decode_image(self.image)
+        try:
+            return decode_image(self.image)
+        except FactoryError as exc:
+            raise FactoryError(f"sample {self.key!r}: {exc}") from None
 
     @property
     def class_name(self) -> str:
@@ -157,19 +176,6 @@ def synthetic_sample(key: str, data: bytes, label: int, class_name: str, *, prom
 
 
 
-def _check_no_secret(obj: Any, where: str) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(k, str) and re.search(r"(token|password|secret|api[_-]?key)$", k, re.I):
-                raise FactoryError(f"provenance {where}.{k}: secrets never go into provenance")
-            _check_no_secret(v, f"{where}.{k}")
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            _check_no_secret(v, f"{where}[{i}]")
-    elif isinstance(obj, str) and re.search(r"hf_[A-Za-z0-9]{20,}", obj):
-        raise FactoryError(f"provenance {where}: looks like a Hugging Face token")
-
-
 def validate_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """Check a record against ``factory.sample/1``; return it as a plain dict or raise FactoryError."""
     rec = dict(record)
@@ -180,7 +186,7 @@ def validate_record(record: Mapping[str, Any]) -> dict[str, Any]:
 
     if rec.get("schema") != SAMPLE_SCHEMA:
         fail(f"schema must be {SAMPLE_SCHEMA!r}; got {rec.get('schema')!r}")
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         fail("key must be a non-empty string of letters, digits, '_' or '-' (no dots)")
     for name, typ in (("label", int), ("class_name", str), ("sha256", str), ("phash", str),
                       ("created", str), ("factory_version", str), ("generation", int)):
@@ -212,7 +218,7 @@ def validate_record(record: Mapping[str, Any]) -> dict[str, Any]:
             fail("synthetic samples have generation >= 1")
     else:
         fail(f"source must be 'real' or 'synthetic'; got {source!r}")
-    _check_no_secret(rec, "record")
+    check_no_secret(rec, f"provenance of {key!r}")
     return rec
 
 

@@ -4,7 +4,8 @@ Writing streams: samples go into ``shard-NNNNNN.tar`` files of a fixed size, eac
 a hidden temporary name and renamed only when complete. A whole dataset is assembled in a
 hidden staging directory next to its destination and moved into place with its ``index.json``
 last, so a crash at any moment leaves either the previous state or the complete new dataset.
-Reading streams too: one shard at a time, through webdataset's own tar iterators.
+Reading streams too, one shard at a time, through the checked tar iterator of
+:mod:`factory.core.integrity` (webdataset and ``datasets`` read the same shards).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import webdataset as wds
 
@@ -28,19 +28,26 @@ from factory.core.files import (
     atomic_write_bytes,
     dumps_json,
     file_sha256,
-    parse_json,
-    replace_dir,
-    staging_dir,
+    kill_point,
+    remove_quietly,
+    writing,
 )
+from factory.core.integrity import (  # noqa: F401  (DATASET_SCHEMA, INDEX_NAME: re-exported)
+    DATASET_SCHEMA,
+    INDEX_NAME,
+    check_record,
+    check_sample,
+    iter_tar_samples,
+    parse_label,
+    parse_record,
+    read_index,
+    shard_file_problem,
+)
+from factory.core.outputs import OutputDir, PathLike, claim_output_dir, dataset_problem
 from factory.core.sample import IMAGE_EXTS, Sample, build_epoch, validate_record
+from factory.core.secrets import check_no_secret
 
 log = logging.getLogger(__name__)
-
-
-DATASET_SCHEMA = "factory.dataset/1"
-
-
-INDEX_NAME = "index.json"
 
 
 DEFAULT_SHARD_SIZE = 1000
@@ -69,28 +76,43 @@ def encode_sample(sample: Sample) -> dict[str, Any]:
     }
 
 
-def write_shard(path: Path, samples: Iterable[Sample]) -> ShardInfo:
-    """Write one shard atomically; returns its size, hash and sample count."""
+def write_shard(path: Path, samples: Iterable[Sample], where: PathLike | None = None) -> ShardInfo:
+    """Write one shard atomically; returns its size, hash and sample count. An ``OSError`` (disk full,
+    I/O error) raises FactoryError naming ``where`` (default: the shard's folder) and the shard."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
     try:
-        with open(tmp, "wb") as f:
-            # encoder=False: every member is already bytes; mtime fixed for reproducible tars.
-            writer = wds.TarWriter(f, encoder=False, mtime=build_epoch())
-            for sample in samples:
-                writer.write(encode_sample(sample))
-                n += 1
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        info = ShardInfo(path.name, n, file_sha256(tmp), tmp.stat().st_size)
-        os.replace(tmp, path)
+        with writing(f"{where if where is not None else path.parent}: shard {path.name}"):
+            with open(tmp, "wb") as f:
+                # encoder=False: every member is already bytes; mtime fixed for reproducible tars.
+                writer = wds.TarWriter(f, encoder=False, mtime=build_epoch())
+                try:
+                    for sample in samples:
+                        writer.write(encode_sample(sample))
+                        n += 1
+                except BaseException:  # close while f is open: else tarfile flushes into a closed file at exit
+                    _discard_tar(writer, tmp)
+                    raise
+                writer.close()
+                f.flush()
+                os.fsync(f.fileno())
+            info = ShardInfo(path.name, n, file_sha256(tmp), tmp.stat().st_size)
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
         return info
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_quietly(tmp)
         raise
+
+
+def _discard_tar(writer: "wds.TarWriter", tmp: Path) -> None:
+    """Close the tar stream of a shard that failed. A second error from closing the doomed temporary file
+    (the disk is still full) is only logged: the first error is the one being reported."""
+    try:
+        writer.close()
+    except OSError as exc:
+        log.debug("closing %s after an error: %s", tmp, exc)
 
 
 def make_index(name: str, classes: Sequence[str], shards: Sequence[ShardInfo],
@@ -111,28 +133,33 @@ def make_index(name: str, classes: Sequence[str], shards: Sequence[ShardInfo],
     return index
 
 
-def write_index(out_dir: Path, index: Mapping[str, Any]) -> None:
-    atomic_write_bytes(Path(out_dir) / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True).encode() + b"\n")
+def write_index(out_dir: Path, index: Mapping[str, Any], where: PathLike | None = None) -> None:
+    atomic_write_bytes(Path(out_dir) / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True).encode() + b"\n",
+                       where=where)
 
 
-def publish(staging: Path, out_dir: Path, index: Mapping[str, Any]) -> None:
-    """Write ``index.json`` into the complete ``staging`` folder, then move it to ``out_dir``,
-    replacing what was there. Until the final rename, ``out_dir`` keeps its previous content."""
-    write_index(staging, index)
-    for tmp in staging.glob(".*.tmp-*"):  # leftovers of killed shard writers
-        tmp.unlink()
-    replace_dir(staging, out_dir)
+def publish(output: OutputDir, index: Mapping[str, Any]) -> None:
+    """Write ``index.json`` into the complete staging folder of ``output``, then move it into place,
+    replacing what was there. Until the final rename the output keeps its previous content; on a
+    failure the staging folder is removed and the lock released."""
+    try:
+        write_index(output.staging, index, where=f"{output.shown}: {INDEX_NAME}")
+        with writing(output.staging):
+            for tmp in output.staging.glob(".*.tmp-*"):  # leftovers of killed shard writers
+                tmp.unlink()
+        kill_point("index")
+    except BaseException:
+        output.abort()
+        raise
+    output.publish()
 
 
-def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace something that is not ours to replace (before any work is done)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FactoryError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FactoryError(f"{out_dir}: already exists and is not empty (pass --overwrite to replace it)")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / INDEX_NAME).exists():
-        raise FactoryError(f"{out_dir}: is not a factory dataset; refusing to overwrite it")
+def check_output_dir(out_dir: PathLike, overwrite: bool = False, *, inputs: Iterable[PathLike | None] = (),
+                     others: Iterable[PathLike | None] = ()) -> Path:
+    """Refuse, before any work is done, a dataset output that is not ours to replace or overlaps an
+    input or another output (see :mod:`factory.core.outputs`); returns it resolved."""
+    return claim_output_dir(out_dir, inputs=inputs, overwrite=overwrite, others=others,
+                            replaceable=dataset_problem)
 
 
 class DatasetWriter:
@@ -140,20 +167,23 @@ class DatasetWriter:
 
     Use as a context manager. Nothing appears at ``out_dir`` until :meth:`close` succeeds; an
     exception inside the ``with`` block removes the staging directory and leaves ``out_dir`` as
-    it was.
+    it was. From construction to :meth:`close` or :meth:`abort` the writer holds ``out_dir``'s lock;
+    ``inputs`` and ``others`` are checked as in :func:`check_output_dir`.
     """
 
     def __init__(self, out_dir: Path | str, name: str, classes: Sequence[str],
                  shard_size: int = DEFAULT_SHARD_SIZE, meta: Mapping[str, Any] | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, *, inputs: Iterable[PathLike | None] = (),
+                 others: Iterable[PathLike | None] = ()) -> None:
         if shard_size < 1:
             raise FactoryError(f"shard size must be >= 1; got {shard_size}")
         if not classes:
             raise FactoryError("a dataset needs at least one class")
         if len(set(classes)) != len(classes):
             raise FactoryError("class names must be unique")
+        check_no_secret({"name": name, "classes": list(classes), "meta": dict(meta or {})}, f"{out_dir} index")
+        self._keys: set[str] = set()  # keys only: memory stays small
         self.out_dir = Path(out_dir)
-        check_output_dir(self.out_dir, overwrite)
         self.name = name
         self.classes = list(classes)
         self.shard_size = shard_size
@@ -161,11 +191,9 @@ class DatasetWriter:
         self.counts: Counter[str] = Counter()
         self.shards: list[ShardInfo] = []
         self._buffer: list[Sample] = []
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = staging_dir(self.out_dir)
-        if self.staging.exists():  # left by a crashed run: never a final output
-            shutil.rmtree(self.staging)
-        self.staging.mkdir()
+        self.output = OutputDir(self.out_dir, inputs=inputs, overwrite=overwrite, others=others,
+                                replaceable=dataset_problem)
+        self.staging = self.output.staging
         self._closed = False
 
     def write(self, sample: Sample) -> None:
@@ -176,6 +204,9 @@ class DatasetWriter:
             raise FactoryError(f"sample {sample.key!r}: class_name {sample.provenance.get('class_name')!r} "
                                f"does not match label {sample.label} ({expected!r})")
         validate_record(sample.provenance)
+        if sample.key in self._keys:
+            raise FactoryError(f"sample {sample.key!r}: a second sample with this key; keys must be unique")
+        self._keys.add(sample.key)
         self._buffer.append(sample)
         self.counts[expected] += 1
         if len(self._buffer) >= self.shard_size:
@@ -188,20 +219,26 @@ class DatasetWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        info = write_shard(self.staging / shard_name(len(self.shards)), self._buffer)
+        info = write_shard(self.staging / shard_name(len(self.shards)), self._buffer, self.out_dir)
         self.shards.append(info)
         self._buffer = []
+        kill_point(f"shard:{len(self.shards) - 1}")
 
     def close(self) -> dict[str, Any]:
-        self._flush()
-        index = make_index(self.name, self.classes, self.shards, self.counts, self.meta)
-        publish(self.staging, self.out_dir, index)
+        try:
+            self._flush()
+            index = make_index(self.name, self.classes, self.shards, self.counts, self.meta)
+        except BaseException:
+            self.abort()
+            raise
+        publish(self.output, index)  # aborts by itself on a failure
         self._closed = True
         log.info("wrote %s: %d samples in %d shards", self.out_dir, index["samples"], len(self.shards))
         return index
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Give the output up: remove the staging folder, keep what was at ``out_dir``, release the lock."""
+        self.output.abort()
         self._closed = True
 
     def __enter__(self) -> "DatasetWriter":
@@ -215,34 +252,45 @@ class DatasetWriter:
 
 
 def decode_members(key: str, members: Mapping[str, bytes], where: str) -> Sample:
-    """Build a Sample from a webdataset sample dict (``png``/``jpg``/``webp``, ``cls``, ``json``)."""
+    """Build a Sample from one sample's members (``png``/``jpg``/``webp``, ``cls``, ``json``); a member
+    missing or unparsable is a DatasetError naming ``where`` and the key."""
+    at = f"{where}: sample {key!r}"
     exts = [e for e in IMAGE_EXTS if e in members]
     if len(exts) != 1:
-        raise DatasetError(f"{where}: sample {key!r} has no single image member ({sorted(members)})")
+        raise DatasetError(f"{at} has no single image member ({', '.join(sorted(members))})")
     if "cls" not in members or "json" not in members:
-        raise DatasetError(f"{where}: sample {key!r} lacks a .cls or .json member")
-    try:
-        label = int(members["cls"].decode().strip())
-        record = json.loads(members["json"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{where}: sample {key!r} has a bad .cls or .json member ({exc})") from None
+        raise DatasetError(f"{at} lacks a .cls or .json member")
+    label = parse_label(members["cls"], at)
+    record = parse_record(members["json"], at)
     return Sample(key=key, image=members[exts[0]], label=label, provenance=record, ext=exts[0])
 
 
-def iter_shard_file(path: Path) -> Iterator[Sample]:
-    """The samples of one shard, in order, via webdataset's tar iterators."""
+def _open_shard(path: Path, where: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DatasetError(f"{where}: shard listed in {INDEX_NAME} is missing") from None
+    except OSError as exc:
+        raise DatasetError(f"{where}: unreadable ({exc.strerror or exc})") from None
+
+
+def iter_shard_file(path: Path, where: str | None = None) -> Iterator[Sample]:
+    """The samples of one shard, in order, through the checked tar iterator
+    (:func:`~factory.core.integrity.iter_tar_samples`); errors name ``where`` (default: the shard's name)."""
     path = Path(path)
-    with open(path, "rb") as stream:
-        files = ({**f, "__url__": str(path)}
-                 for f in wds.tariterators.tar_file_iterator(stream, handler=wds.reraise_exception))
-        for raw in wds.tariterators.group_by_keys(files, handler=wds.reraise_exception):
-            key = raw.pop("__key__")
-            raw.pop("__url__", None)
-            yield decode_members(key, raw, path.name)
+    where = where or path.name
+    with _open_shard(path, where) as stream:
+        for key, members in iter_tar_samples(stream, where):
+            yield decode_members(key, members, where)
 
 
 class Dataset:
-    """A dataset directory opened for reading. Iterating streams samples shard by shard."""
+    """A dataset directory opened for reading; its ``index.json`` is validated strictly on opening.
+
+    Iterating streams samples shard by shard, with the cheap checks (safe tar reading, records valid and
+    consistent with the index); :meth:`iter_checked` adds every check of ``factory verify`` and is what
+    every copy of samples into a new dataset reads through.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -253,13 +301,7 @@ class Dataset:
         index_path = self.path / INDEX_NAME
         if not index_path.is_file():
             raise DatasetError(f"{self.path}: not a factory dataset (no {INDEX_NAME})")
-        raw = index_path.read_bytes()
-        index = parse_json(raw, index_path, error=DatasetError)
-        if not isinstance(index, dict) or index.get("schema") != DATASET_SCHEMA:
-            raise DatasetError(f"{index_path}: schema is not {DATASET_SCHEMA!r}")
-        for field_name in ("name", "classes", "samples", "shards"):
-            if field_name not in index:
-                raise DatasetError(f"{index_path}: missing field {field_name!r}")
+        index, raw = read_index(index_path)
         self.index: dict[str, Any] = index
         self.index_sha256 = hashlib.sha256(raw).hexdigest()
 
@@ -294,10 +336,83 @@ class Dataset:
         return [str(p) for p in self.shard_paths()]
 
     def __iter__(self) -> Iterator[Sample]:
+        classes = self.classes
         for p in self.shard_paths():
-            if not p.is_file():
-                raise DatasetError(f"{self.path}: shard {p.name} listed in {INDEX_NAME} is missing")
-            yield from iter_shard_file(p)
+            for s in iter_shard_file(p, str(p)):
+                check_record(s, classes, f"{p}: sample {s.key!r}")
+                yield s
+
+    def iter_checked(self, *, skip_bad: bool = False,
+                     on_bad: Callable[[str], None] | None = None) -> Iterator[Sample]:
+        """The samples, each fully checked (see ``factory verify``): a shard is read only once its size
+        and sha256 match the index; each sample passes :func:`~factory.core.integrity.check_sample`;
+        keys are unique across shards; per-shard and per-class counts match the index.
+
+        The first problem raises ``DatasetError("<dataset>/<shard>: ...")``; with ``skip_bad`` a bad
+        shard or sample is left out instead and ``on_bad`` gets one line ("<shard>: why") for it. A tar
+        that breaks half-way loses the rest of its shard; what was yielded before stays valid.
+        """
+        def bad(msg: str) -> None:
+            if not skip_bad:
+                raise DatasetError(f"{self.path}{os.sep}{msg}")
+            log.info("%s: skipping %s", self.path, msg)
+            if on_bad is not None:
+                on_bad(msg)
+
+        classes = self.classes
+        first_shard: dict[str, str] = {}
+        counts: Counter[str] = Counter()
+        clean = True
+        for entry in self.shards:
+            name = entry["name"]
+            problem = shard_file_problem(self.path / name, entry)
+            if problem is not None:
+                clean = False
+                bad(f"{name}: {problem}")
+                continue
+            try:
+                stream = _open_shard(self.path / name, name)
+            except DatasetError as exc:  # removed or made unreadable since it was hashed
+                clean = False
+                bad(str(exc))
+                continue
+            read = 0
+            with stream:
+                groups = iter_tar_samples(stream, name)
+                while True:
+                    try:
+                        key, members = next(groups)
+                    except StopIteration:
+                        break
+                    except DatasetError as exc:
+                        clean = False
+                        bad(f"{exc} (rest of the shard unread)")
+                        read = -1
+                        break
+                    read += 1
+                    where = f"{name}: sample {key!r}"
+                    try:
+                        s = decode_members(key, members, name)
+                        check_sample(s, classes, where)
+                        if key in first_shard:
+                            raise DatasetError(f"{where} is also in {first_shard[key]}")
+                    except DatasetError as exc:
+                        clean = False
+                        bad(str(exc))
+                        continue
+                    first_shard[key] = name
+                    counts[classes[s.label]] += 1
+                    yield s
+            if read >= 0 and read != entry["samples"]:
+                clean = False
+                bad(f"{name}: {read} samples, index says {entry['samples']}")
+        expected = self.index.get("counts")
+        if clean and expected is not None:
+            wrong = [f"{c!r}: index {expected.get(c, 0)}, shards {counts[c]}"
+                     for c in classes if expected.get(c, 0) != counts[c]]
+            if wrong:
+                bad(f"{INDEX_NAME}: counts differ from the shards ({'; '.join(wrong[:3])}"
+                    f"{'; ...' if len(wrong) > 3 else ''})")
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Only the provenance records (cheap: images are not decoded)."""

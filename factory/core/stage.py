@@ -13,12 +13,18 @@ from factory.core.timings import split_timings
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a FactoryError becomes one line on stderr and exit code 2."""
+    """Run a stage's ``main``: a FactoryError (bad input or params) or an OSError (disk full, read-only
+    file system, I/O or permission error) becomes one line on stderr naming the file, and exit code 2.
+    Anything else is a bug and keeps its traceback (DVC shows the stage's stderr)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         main()
     except FactoryError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        print(f"Error: {files + ': ' if files else ''}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -13,6 +13,7 @@ from factory.config import DedupConfig
 from factory.config import default_max_distance as default_max_distance  # re-exported
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
+from factory.core.outputs import claim_output_file
 from factory.core.sample import Sample
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.hashing import (
@@ -140,9 +141,10 @@ class DedupReport:
             "reasons": self.reasons,
         }
 
-    def write(self, path: Path | str) -> Path:
+    def write(self, path: Path | str, others: Iterable[Path | str | None] = ()) -> Path:
+        """Write the report to ``path``, which must keep apart from the datasets compared and ``others``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        claim_output_file(path, inputs=[self.dataset, *self.against, *self.report_against], others=others)
         atomic_write_bytes(path, json.dumps(self.to_json(), indent=2, sort_keys=False).encode() + b"\n")
         return path
 
@@ -297,13 +299,13 @@ def write_clean(dataset: Path | str, removed: Iterable[str], out_dir: Path | str
     out_dir = Path(out_dir)
     if out_dir.resolve() == ds.path.resolve():
         raise FactoryError(f"--out {out_dir}: must differ from the dataset being deduplicated")
-    check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, inputs=[ds.path])
     drop = set(removed)
     shard_size = max((int(s["samples"]) for s in ds.shards), default=1) or 1
-    samples: Iterable[Sample] = ds
+    samples: Iterable[Sample] = ds.iter_checked()  # decoded and re-hashed before being copied
     if progress is not None:
         samples = progress(samples, f"write {out_dir.name}", len(ds))
     with DatasetWriter(out_dir, ds.name, ds.classes, shard_size=shard_size,
-                       meta={**ds.meta, **(meta or {})}, overwrite=overwrite) as writer:
+                       meta={**ds.meta, **(meta or {})}, overwrite=overwrite, inputs=[ds.path]) as writer:
         writer.write_all(s for s in samples if s.key not in drop)
         return writer.close()

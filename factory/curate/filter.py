@@ -30,6 +30,7 @@ import numpy as np
 from factory.config import CurateConfig, FilterConfig
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
+from factory.core.outputs import claim_output_file
 from factory.core.sample import Sample, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.dedup import find_duplicates
@@ -152,6 +153,17 @@ class CurateResult:
     rejected: int
 
 
+def check_outputs(out_dir: Path | str, rejected_dir: Path | str | None, report_path: Path | str | None, *,
+                  inputs: Iterable[Path | str | None], overwrite: bool) -> None:
+    """Before any work: the kept and rejected datasets and the report must each be claimable (see
+    :mod:`factory.core.outputs`), apart from every input and from each other."""
+    check_output_dir(out_dir, overwrite, inputs=inputs, others=[rejected_dir, report_path])
+    if rejected_dir is not None:
+        check_output_dir(rejected_dir, overwrite, inputs=inputs, others=[out_dir, report_path])
+    if report_path is not None:
+        claim_output_file(report_path, inputs=inputs, others=[out_dir, rejected_dir])
+
+
 def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateConfig = CurateConfig(),
            calibrate_on: Path | str | None = None, test: Iterable[Path | str] = (),
            train: Iterable[Path | str] = (), plan: Path | str | None = None,
@@ -163,9 +175,10 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     (iterable, description, total) -> iterable wraps the samples scored, hashed and written."""
     ds = Dataset(raw)
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, overwrite)
-    if rejected_dir is not None:
-        check_output_dir(Path(rejected_dir), overwrite)
+    test, train = [Path(p) for p in test], [Path(p) for p in train]
+    inputs = [ds.path, calibrate_on, *test, *train, plan,  # and the scorer's files, if it has any
+              getattr(scorer, "model_dir", None), getattr(scorer, "checkpoint", None)]
+    check_outputs(out_dir, rejected_dir, report_path, inputs=inputs, overwrite=overwrite)
     the_plan = read_plan(plan) if plan is not None else None
     thresholds = resolve_thresholds(scorer, cfg.filter, calibrate_on)
     log.info("thresholds: clip >= %.4f, margin >= %.4f", thresholds.min_score, thresholds.min_margin)
@@ -183,7 +196,6 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
             reason[s.key] = "low_clip_margin"
 
     # 2. near-duplicates, leaks, memorisation
-    test, train = [Path(p) for p in test], [Path(p) for p in train]
     memorized: set[str] = set()
     dedup_summary: dict[str, Any] | None = None
     if cfg.deduplicate:
@@ -225,11 +237,17 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
             decision["memorized"] = True
         return with_updates(s, scores={"clip": round(clip, 6), "clip_margin": round(margin, 6)}, decision=decision)
 
-    kept_w = DatasetWriter(out_dir, f"{ds.name}-curated", ds.classes, _shard_size(ds), meta, overwrite)
-    rej_w = (DatasetWriter(rejected_dir, f"{ds.name}-rejected", ds.classes, _shard_size(ds), meta, overwrite)
-             if rejected_dir is not None else None)
+    kept_w = DatasetWriter(out_dir, f"{ds.name}-curated", ds.classes, _shard_size(ds), meta, overwrite,
+                           inputs=inputs, others=[rejected_dir, report_path])
     try:
-        for s in (ds if progress is None else progress(ds, f"write {out_dir.name}", len(ds))):
+        rej_w = (DatasetWriter(rejected_dir, f"{ds.name}-rejected", ds.classes, _shard_size(ds), meta, overwrite,
+                               inputs=inputs, others=[out_dir, report_path]) if rejected_dir is not None else None)
+    except BaseException:
+        kept_w.abort()
+        raise
+    try:
+        checked = ds.iter_checked()  # every sample decoded and re-hashed before being copied
+        for s in (checked if progress is None else progress(checked, f"write {out_dir.name}", len(ds))):
             t = annotated(s)
             if s.key not in reason:
                 kept_w.write(t)
@@ -271,7 +289,6 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     }
     if report_path is not None:
         report_path = Path(report_path)
-        report_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(report_path, json.dumps(report, indent=2, sort_keys=False).encode() + b"\n")
     return CurateResult(report, report["kept"], report["rejected"])
 

@@ -36,18 +36,29 @@ def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SI
     ``skip_bad`` is set, in which case it is skipped and listed in the summary.
     """
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, overwrite)
+    inputs = source_paths(spec)
+    check_output_dir(out_dir, overwrite, inputs=inputs)
     source = open_source(spec, skip_bad=skip_bad)
     samples: Iterable[Sample] = source
     if progress is not None:
         samples = progress(samples)
     with DatasetWriter(out_dir, name or source.name, source.classes, shard_size=shard_size,
-                       meta=source.meta, overwrite=overwrite) as writer:
+                       meta=source.meta, overwrite=overwrite, inputs=inputs) as writer:
         writer.write_all(samples)
         if not writer.counts:
             raise FactoryError(f"{spec}: no images found")
         index = writer.close()
     return IngestSummary(out_dir, index["samples"], len(index["shards"]), index["counts"], source.skipped)
+
+
+def source_paths(spec: str) -> list[Path]:
+    """The local files or folders a source spec reads (an ImageFolder, a dataset, a local HF dataset),
+    which its output must keep apart from; none for ``sklearn:``."""
+    if spec.startswith("sklearn:"):
+        return []
+    body = spec[len("hf:"):] if spec.startswith("hf:") else spec
+    candidates = [body, body.rsplit(":", 1)[0]] if body else []
+    return [Path(c) for c in candidates if c and Path(c).exists()]
 
 
 def stratified_test_keys(labelled_keys: Iterable[tuple[str, int]], test_fraction: float, seed: int) -> set[str]:
@@ -75,21 +86,17 @@ def split(dataset: Path | str, train_out: Path | str, test_out: Path | str, *, t
     """Deterministic stratified split of ``dataset`` into two new datasets (two streaming passes)."""
     ds = Dataset(dataset)
     train_out, test_out = Path(train_out), Path(test_out)
-    if train_out.resolve() == test_out.resolve():
-        raise FactoryError("TRAIN_OUT and TEST_OUT must be different folders")
-    for p in (train_out, test_out):
-        if p.resolve() == ds.path.resolve():
-            raise FactoryError(f"{p}: output would overwrite the input dataset")
-        check_output_dir(p, overwrite)
+    check_output_dir(train_out, overwrite, inputs=[ds.path], others=[test_out])
+    check_output_dir(test_out, overwrite, inputs=[ds.path], others=[train_out])
     test_keys = stratified_test_keys(((s.key, s.label) for s in ds), test_fraction, seed)
     size = shard_size or (max(s["samples"] for s in ds.shards) if ds.shards else DEFAULT_SHARD_SIZE)
     lineage = {"split_of": ds.ref(), "test_fraction": test_fraction, "seed": seed}
     meta = ds.meta
     with DatasetWriter(train_out, f"{ds.name}-train", ds.classes, size,
-                       meta | lineage | {"split": "train"}, overwrite) as train_w, \
+                       meta | lineage | {"split": "train"}, overwrite, inputs=[ds.path]) as train_w, \
          DatasetWriter(test_out, f"{ds.name}-test", ds.classes, size,
-                       meta | lineage | {"split": "test"}, overwrite) as test_w:
-        for s in ds:
+                       meta | lineage | {"split": "test"}, overwrite, inputs=[ds.path]) as test_w:
+        for s in ds.iter_checked():  # every sample decoded and re-hashed before it is copied
             (test_w if s.key in test_keys else train_w).write(s)
         train_index = train_w.close()
         test_index = test_w.close()

@@ -12,9 +12,12 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from factory.core.errors import DatasetError, FactoryError
-from factory.core.files import file_sha256
-from factory.core.sample import decode_image, sha256_hex
-from factory.core.shards import INDEX_NAME, Dataset, iter_shard_file
+from factory.core.files import atomic_write_bytes
+from factory.core.integrity import max_image_pixels
+from factory.core.outputs import claim_output_file
+from factory.core.shards import INDEX_NAME, Dataset
+
+MIN_CELL, MAX_CELL = 8, 1024  # grid cell size in pixels
 
 
 @dataclass
@@ -30,66 +33,37 @@ class VerifyResult:
 
 
 def verify(path: Path | str) -> VerifyResult:
-    """Re-hash every shard against ``index.json``, check counts and keys, decode every image.
+    """Check a dataset folder completely; read-only, and never raises for a broken folder.
 
-    Read-only. Each problem is one line that starts with the shard's name.
+    The index: schema and types, shard names plain file names inside the folder, each listed once,
+    sample counts that add up, unique classes (:func:`~factory.core.integrity.validate_index`). Every
+    shard: its size and sha256 against the index, then every sample (``Dataset.iter_checked``): a safe
+    tar, a ``factory.sample/1`` record agreeing with its member key, ``.cls`` label and the index's
+    class name, the image's sha256, its format against its extension, its size within the pixel limit,
+    a full decode; keys unique across shards; per-shard and per-class counts. Also ``.tar`` files that
+    the index does not list. Each problem is one line that starts with the file at fault.
     """
     try:
         ds = Dataset(path)
     except DatasetError as exc:
-        return VerifyResult(Path(path), [f"{INDEX_NAME}: {exc}"])
+        return VerifyResult(Path(path), [str(exc)])
     result = VerifyResult(ds.path, shards=len(ds.shards))
-    total = 0
-    for entry in ds.shards:
-        name = entry.get("name", "?")
-        p = ds.path / name
-        if not p.is_file():
-            result.problems.append(f"{name}: missing")
-            continue
-        size = p.stat().st_size
-        if size != entry.get("bytes"):
-            result.problems.append(f"{name}: size {size} bytes, index says {entry.get('bytes')}")
-            continue
-        digest = file_sha256(p)
-        if digest != entry.get("sha256"):
-            result.problems.append(f"{name}: sha256 mismatch (index {str(entry.get('sha256'))[:12]}..., "
-                                   f"file {digest[:12]}...)")
-            continue
-        n = 0
-        try:
-            for s in iter_shard_file(p):
-                n += 1
-                where = f"{name}: sample {s.key!r}"
-                if s.provenance.get("key") != s.key:
-                    raise DatasetError(f"{where}: provenance key is {s.provenance.get('key')!r}")
-                if s.provenance.get("label") != s.label:
-                    raise DatasetError(f"{where}: .cls {s.label} differs from provenance label")
-                if not 0 <= s.label < len(ds.classes):
-                    raise DatasetError(f"{where}: label {s.label} outside the {len(ds.classes)} classes")
-                if s.provenance.get("sha256") not in (None, sha256_hex(s.image)):
-                    raise DatasetError(f"{where}: image bytes do not match provenance sha256")
-                try:
-                    decode_image(s.image)
-                except Exception as exc:
-                    raise DatasetError(f"{where}: image does not decode ({exc})") from None
-        except DatasetError as exc:
-            msg = str(exc)
-            result.problems.append(msg if msg.startswith(name) else f"{name}: {msg}")
-            continue
-        except Exception as exc:  # a corrupt tar: tarfile/webdataset raise various types
-            result.problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
-            continue
-        if n != entry.get("samples"):
-            result.problems.append(f"{name}: {n} samples, index says {entry.get('samples')}")
-        total += n
-    listed = {e.get("name") for e in ds.shards}
-    for extra in sorted(ds.path.glob("shard-*.tar")):
-        if extra.name not in listed:
-            result.problems.append(f"{extra.name}: not listed in {INDEX_NAME}")
-    if not result.problems and total != len(ds):
-        result.problems.append(f"{INDEX_NAME}: {total} samples in shards, index says {len(ds)}")
-    result.samples = total
+    for _ in ds.iter_checked(skip_bad=True, on_bad=result.problems.append):
+        result.samples += 1
+    listed = {e["name"] for e in ds.shards}
+    for extra in sorted(p.name for p in ds.path.glob("*.tar")):
+        if extra not in listed:
+            result.problems.append(f"{extra}: not listed in {INDEX_NAME}")
     return result
+
+
+def _image_size(data: bytes, where: str) -> str:
+    """``WxH`` from the image header (no decode)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return f"{im.width}x{im.height}"
+    except Exception as exc:  # PIL raises many types for garbage input
+        raise DatasetError(f"{where}: image header unreadable ({str(exc).splitlines()[0][:120]})") from None
 
 
 def summarize(path: Path | str) -> dict[str, Any]:
@@ -111,8 +85,7 @@ def summarize(path: Path | str) -> dict[str, Any]:
         generations[str(rec.get("generation"))] += 1
         formats[s.ext] += 1
         image_bytes += len(s.image)
-        with Image.open(io.BytesIO(s.image)) as im:  # header only, no decode
-            sizes[f"{im.width}x{im.height}"] += 1
+        sizes[_image_size(s.image, f"{ds.path}: sample {s.key!r}")] += 1
         for k, v in (rec.get("attributes") or {}).items():
             attributes[k][str(v)] += 1
     return {
@@ -160,14 +133,28 @@ def grid(path: Path | str, out: Path | str, per_class: int = 8, cell: int = 64) 
     """A contact sheet: one labelled row per class with its first ``per_class`` images."""
     if per_class < 1:
         raise FactoryError(f"--per-class must be >= 1; got {per_class}")
+    if Path(out).suffix.lower() != ".png":
+        raise FactoryError(f"{out}: grid output must be a .png file")
+    if not MIN_CELL <= cell <= MAX_CELL:
+        raise FactoryError(f"--cell must be between {MIN_CELL} and {MAX_CELL} pixels; got {cell}")
+    claim_output_file(out, inputs=[path])  # before any work: never inside the dataset it draws
     ds = Dataset(path)
+    pad = 4
+    label_w = min(220, 12 + 7 * max(len(c) for c in ds.classes))
+    width, height = label_w + per_class * (cell + pad) + pad, len(ds.classes) * (cell + pad) + pad
+    if width * height > max_image_pixels():
+        raise FactoryError(f"a grid of {width}x{height} pixels is over the limit of {max_image_pixels():,} "
+                           "pixels; lower --per-class or --cell")
     rows: dict[int, list[Image.Image]] = {i: [] for i in range(len(ds.classes))}
     remaining = len(ds.classes)
     for s in ds:
         row = rows.get(s.label)
         if row is None or len(row) >= per_class:
             continue
-        im = s.pil().convert("RGB")
+        try:
+            im = s.pil().convert("RGB")
+        except FactoryError as exc:
+            raise DatasetError(f"{ds.path}: {exc}") from None
         im.thumbnail((cell, cell), Image.Resampling.NEAREST if max(im.size) < cell else Image.Resampling.LANCZOS)
         if max(im.size) < cell:
             scale = cell // max(im.size)
@@ -178,10 +165,7 @@ def grid(path: Path | str, out: Path | str, per_class: int = 8, cell: int = 64) 
             if remaining == 0:
                 break
     font = ImageFont.load_default()
-    label_w = min(220, 12 + 7 * max(len(c) for c in ds.classes))
-    pad = 4
-    sheet = Image.new("RGB", (label_w + per_class * (cell + pad) + pad, len(ds.classes) * (cell + pad) + pad),
-                      "white")
+    sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     for label, images in rows.items():
         y = pad + label * (cell + pad)
@@ -190,10 +174,7 @@ def grid(path: Path | str, out: Path | str, per_class: int = 8, cell: int = 64) 
             x = label_w + pad + j * (cell + pad)
             sheet.paste(im, (x + (cell - im.width) // 2, y + (cell - im.height) // 2))
     out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise FactoryError(f"{out}: grid output must be a .png file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(out)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
     return out

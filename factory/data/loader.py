@@ -2,7 +2,7 @@
 
 :class:`PoolStream` is a ``torch.utils.data.IterableDataset`` built from webdataset's own pipeline
 stages (shard list -> worker split -> tar reader -> key selection -> shuffle buffer -> decode ->
-augment). Nothing is copied: the pool names the datasets and keys, and the stream reads the
+augment); the tar reader is the factory's checked one (:func:`factory.core.integrity.iter_tar_samples`). Nothing is copied: the pool names the datasets and keys, and the stream reads the
 datasets' shards, skipping samples the pool did not draw before decoding them.
 
 Workers: with at least two shards per worker, each worker reads its own shards
@@ -15,19 +15,18 @@ and the shuffle buffer's random generator are derived from them (and from the wo
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from factory.core.errors import FactoryError
+from factory.core.errors import DatasetError, FactoryError
 from factory.core.images import image_to_tensor
+from factory.core.integrity import iter_tar_samples, parse_record
+from factory.core.sample import decode_image
 from factory.core.shards import Dataset
 from factory.data.pools import read_pool
 
@@ -95,15 +94,27 @@ class PoolStream(IterableDataset):
     def _select(self, sample: Mapping[str, Any]) -> bool:
         return sample["__key__"] in self._wanted[sample["__url__"]]
 
+    def _read_shards(self, shards: Iterator[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The pipeline's tar reader: the factory's checked iterator (no huge member is ever read, a
+        broken tar is one DatasetError naming the shard), as webdataset sample dicts."""
+        for shard in shards:
+            url = shard["url"]
+            with open(url, "rb") as stream:  # a missing shard: FileNotFoundError naming it
+                for key, members in iter_tar_samples(stream, url, self._member_wanted):
+                    yield {"__key__": key, "__url__": url, **members}
+
     def _decode(self, sample: Mapping[str, Any]) -> tuple[torch.Tensor, int, dict[str, Any] | None]:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
             raise FactoryError(f"{sample['__url__']}: sample {sample['__key__']!r} has no image member")
-        with Image.open(io.BytesIO(sample[ext])) as im:
-            x = image_to_tensor(im, self.mode, self.image_size)
+        try:
+            im = decode_image(sample[ext])  # within the pixel limit; any failure is a FactoryError
+        except FactoryError as exc:
+            raise DatasetError(f"{sample['__url__']}: sample {sample['__key__']!r}: {exc}") from None
+        x = image_to_tensor(im, self.mode, self.image_size)
         meta = None
         if self.with_meta:
-            rec = json.loads(sample["json"])
+            rec = parse_record(sample["json"], f"{sample['__url__']}: sample {sample['__key__']!r}")
             meta = {"key": rec["key"], "group": rec.get("group") or rec["key"],
                     "text": (rec.get("prompt") or {}).get("text", "")}
         return x, int(sample["cls"]), meta
@@ -146,8 +157,7 @@ class PoolStream(IterableDataset):
         by_shard = len(urls) >= 2 * nw
         if by_shard and nw > 1:
             stages.append(wds.split_by_worker)
-        stages += [wds.tarfile_to_samples(handler=wds.reraise_exception, select_files=self._member_wanted),
-                   wds.select(self._select)]
+        stages += [self._read_shards, wds.select(self._select)]
         if not by_shard and nw > 1:
             stages.append(_every_nth(wid, nw))
         if self.shuffle_buffer > 1:

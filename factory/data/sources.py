@@ -12,8 +12,11 @@ Source specs:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +26,9 @@ import numpy as np
 from PIL import Image
 
 from factory.core.errors import FactoryError
+from factory.core.limits import MEMBER_BYTES_ENV, max_member_bytes
 from factory.core.sample import Sample, decode_image, real_sample, sanitize_key
+from factory.core.secrets import check_no_secret
 from factory.core.shards import INDEX_NAME, Dataset
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,10 @@ class Source:
     def __iter__(self) -> Iterator[Sample]:
         return self._iter(self)
 
-    def bad(self, what: str, exc: Exception) -> None:
-        msg = f"{what}: unreadable image ({exc})"
+    def bad(self, what: str, exc: Exception, reason: str = "unreadable image") -> None:
+        """An input that cannot be used: an error naming it, or with ``skip_bad`` a counted skip."""
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        msg = f"{what}: {reason} ({detail})"
         if not self.skip_bad:
             raise BadImage(msg)
         log.warning("skipping %s", msg)
@@ -130,30 +137,92 @@ def _check_image(data: bytes) -> Image.Image:
     return im
 
 
+def imagefolder_key(rel: str) -> str:
+    """The plain key of the file at ``rel`` (``<class>/<sub>/<name>.<ext>``, POSIX) of an ImageFolder:
+    its path without the extension, ``/`` as ``_``, other characters outside ``[A-Za-z0-9_-]`` as ``_``
+    (``n01440764/n01440764_10026.JPEG`` -> ``n01440764_n01440764_10026``)."""
+    return sanitize_key(rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel)
+
+
+def imagefolder_keys(rels: list[str]) -> list[str]:
+    """Unique keys for the files ``rels`` of one ImageFolder, by a rule that depends on each file's own path
+    and on the files it collides with, never on order.
+
+    A file keeps its plain key (:func:`imagefolder_key`) when that key spells its path exactly (only ``/``
+    became ``_``) and no other file has the same plain key. Otherwise (a lossy name such as ``猫/1.JPEG``, or
+    ``a/b_x.JPEG`` beside ``a_b/x.JPEG``) the key is the plain key, ``-`` and the first 10 hex digits of the
+    sha256 of the relative POSIX path. The record's ``origin.path`` holds that path, so every key maps back
+    to its file.
+    """
+    plain = [imagefolder_key(r) for r in rels]
+    stems = [r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r for r in rels]
+    shared = {k for k, n in Counter(plain).items() if n > 1}
+    keys = [k if k not in shared and k == stem.replace("/", "_")
+            else f"{k}-{hashlib.sha256(rel.encode()).hexdigest()[:10]}"
+            for k, stem, rel in zip(plain, stems, rels)]
+    first: dict[str, str] = {}
+    for key, rel in zip(keys, rels):
+        if key in first:  # a 10-digit hash suffix that spells another file's key: never seen, still checked
+            raise FactoryError(f"{first[key]} and {rel}: both would get the sample key {key!r}; rename one")
+        first[key] = rel
+    return keys
+
+
+def _list_files(root: Path, classes: list[str], src: Source) -> list[tuple[int, str, Path]]:
+    """``(label, class, file)`` of every image file under each class folder, sorted as paths. A folder
+    that cannot be listed is an error naming it, or a counted skip with ``--skip-bad`` (``os.walk``
+    reports it; ``Path.rglob`` would leave it out silently)."""
+    def unreadable(exc: OSError) -> None:
+        where = exc.filename if exc.filename is not None else root
+        msg = f"{where}: cannot list folder ({exc.strerror or exc})"
+        if not src.skip_bad:
+            raise FactoryError(msg)
+        log.warning("skipping %s", msg)
+        src.skipped.append(f"{where} (unreadable folder)")
+
+    found = []
+    for label, cls in enumerate(classes):
+        files = []
+        for folder, dirs, names in os.walk(root / cls, onerror=unreadable):
+            dirs.sort()
+            files += [Path(folder) / n for n in names if not n.startswith(".")]
+        found += [(label, cls, f) for f in sorted(files) if f.is_file()]  # no FIFOs, no broken links
+    return found
+
+
 def imagefolder_source(root: Path) -> Source:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """An ImageFolder (``<class>/<file>``, files in subfolders too): original encoded bytes kept unchanged;
+    keys by :func:`imagefolder_keys`; class names are the folder names."""
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise FactoryError(f"{root}: cannot list folder ({exc.strerror or exc})") from None
     if not classes:
         raise FactoryError(f"{root}: no class folders (expected ImageFolder layout <class>/<file>)")
+    for cls in classes:
+        check_no_secret(cls, f"{root / cls}: class folder name")
 
     def it(src: Source) -> Iterator[Sample]:
-        for label, cls in enumerate(classes):
-            seen: set[str] = set()
-            files = sorted(f for f in (root / cls).rglob("*") if f.is_file() and not f.name.startswith("."))
-            for f in files:
-                rel = f.relative_to(root).as_posix()
-                data = f.read_bytes()
-                try:
-                    im = _check_image(data)
-                except Exception as exc:
-                    src.bad(str(f), exc)
+        found = _list_files(root, classes, src)
+        rels = [f.relative_to(root).as_posix() for _, _, f in found]
+        limit = max_member_bytes()
+        for (label, cls, f), rel, key in zip(found, rels, imagefolder_keys(rels)):
+            try:
+                size = f.stat().st_size
+                if size > limit:
+                    src.bad(str(f), FactoryError(f"{size:,} bytes, over the limit of {limit:,} bytes (raise "
+                                                 f"{MEMBER_BYTES_ENV} to allow it)"))
                     continue
-                key = sanitize_key(f"{cls}_{f.relative_to(root / cls).with_suffix('').as_posix()}")
-                base, n = key, 1
-                while key in seen:
-                    n += 1
-                    key = f"{base}-{n}"
-                seen.add(key)
-                yield real_sample(key, data, label, cls, {"dataset": str(root), "path": rel}, image=im)
+                data = f.read_bytes()
+            except OSError as exc:
+                src.bad(str(f), exc, "cannot read")
+                continue
+            try:
+                im = _check_image(data)
+            except (FactoryError, ValueError) as exc:
+                src.bad(str(f), exc)
+                continue
+            yield real_sample(key, data, label, cls, {"dataset": str(root), "path": rel}, image=im)
 
     return Source(root.name, classes, str(root), it, meta={"source": str(root.resolve())})
 
@@ -162,7 +231,8 @@ def reshard_source(path: Path) -> Source:
     ds = Dataset(path)
 
     def it(src: Source) -> Iterator[Sample]:
-        yield from ds
+        # every sample decoded and re-hashed against its record; --skip-bad leaves bad ones out
+        yield from ds.iter_checked(skip_bad=src.skip_bad, on_bad=src.skipped.append)
 
     meta = ds.meta
     meta["resharded_from"] = ds.ref()
@@ -209,24 +279,30 @@ def hf_source(spec: str) -> Source:
     if label_col is None:
         raise FactoryError(f"{spec}: no ClassLabel column (features: {sorted(dset.features)})")
     classes = list(dset.features[label_col].names)
+    check_no_secret(classes, f"{spec}: class names")
     dset = dset.cast_column(image_col, datasets.Image(decode=False))  # keep original bytes
     ident = f"hf:{name}" + (f":{split}" if split else "")
     stem = sanitize_key(Path(name).name or name)
+    part = sanitize_key(split or "data")  # keys are unique by row index
 
     def it(src: Source) -> Iterator[Sample]:
         for i, row in enumerate(dset):
             img = row[image_col]
             data = img.get("bytes")
-            if data is None and img.get("path"):
-                data = Path(img["path"]).read_bytes()
             where = f"{ident} row {i}"
+            if data is None and img.get("path"):
+                try:
+                    data = Path(img["path"]).read_bytes()
+                except OSError as exc:
+                    src.bad(f"{where} ({img['path']})", exc, "cannot read")
+                    continue
             try:
                 im = _check_image(data or b"")
-            except Exception as exc:
+            except (FactoryError, ValueError) as exc:
                 src.bad(where, exc)
                 continue
             label = int(row[label_col])
-            yield real_sample(f"{stem}-{split or 'data'}-{i:08d}", data, label, classes[label],
+            yield real_sample(f"{stem}-{part}-{i:08d}", data, label, classes[label],
                               {"dataset": ident, "index": i}, image=im)
 
     return Source(stem, classes, spec, it, meta={"source": ident})

@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +25,8 @@ from factory.config import AttributeAxis, PlanConfig
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.quota import largest_remainder
-from factory.core.sample import sanitize_key
+from factory.core.sample import KEY_RE, sanitize_key
+from factory.core.secrets import check_no_secret
 
 PLAN_SCHEMA = "factory.plan/1"
 
@@ -130,7 +131,11 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str]) -> Plan:
         "seed": cfg.seed,
         "rows": len(rows),
     }
-    return Plan(header, rows)
+    plan = Plan(header, rows)
+    check_no_secret(header, "plan")  # templates, classes, attribute values
+    for row in rows:  # a template and a class name together can spell one
+        check_no_secret(row.text, f"plan row {row.key}: text")
+    return plan
 
 
 def plan_bytes(plan: Plan) -> bytes:
@@ -140,31 +145,104 @@ def plan_bytes(plan: Plan) -> bytes:
 
 
 def write_plan(plan: Plan, path: Path | str) -> Path:
+    """Write ``plan`` to ``path`` atomically (a file-system error raises FactoryError naming it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, plan_bytes(plan))
     return path
 
 
+def _row_problem(obj: Any, classes: list[str]) -> str | None:
+    """What is wrong with one parsed plan row (None: nothing), checked field by field."""
+    if not isinstance(obj, dict):
+        return "must be a JSON object"
+    names = [f.name for f in fields(PlanRow)]
+    if sorted(obj) != sorted(names):
+        return f"fields must be {', '.join(names)} (got {', '.join(map(str, obj))})"
+    if not isinstance(obj["key"], str) or not KEY_RE.fullmatch(obj["key"]):
+        return f"key must be letters, digits, '_' or '-' (got {obj['key']!r})"
+    label = obj["label"]
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(classes):
+        return f"label must be an integer in [0, {len(classes)}) (got {label!r})"
+    if obj["class_name"] != classes[label]:
+        return f"class_name {obj['class_name']!r} is not class {label} of the header ({classes[label]!r})"
+    for name in ("group", "template", "text"):
+        if not isinstance(obj[name], str):
+            return f"{name} must be a string (got {obj[name]!r})"
+    attrs = obj["attributes"]
+    if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
+        return f"attributes must map names to strings (got {attrs!r})"
+    seed = obj["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        return f"seed must be an integer in [0, 2**63) (got {seed!r})"
+    return None
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    target = header.get("target")
+    cells_ = target.get("cells") if isinstance(target, dict) else None
+    for ok, what in ((strings(header.get("classes")), "classes must be a list of strings"),
+                     (strings(header.get("plan_classes")) and set(header.get("plan_classes") or ())
+                      <= set(header.get("classes") or ()), "plan_classes must be a list of the classes"),
+                     (strings(header.get("templates")), "templates must be a list of strings"),
+                     (all(count(header.get(k)) for k in ("images_per_class", "images_per_prompt", "rows")),
+                      "images_per_class, images_per_prompt and rows must be integers >= 0"),
+                     (isinstance(target, dict) and count(target.get("images_per_class"))
+                      and isinstance(target.get("oversample"), (int, float))
+                      and isinstance(target.get("attributes"), dict), "target must hold images_per_class, "
+                      "oversample and attributes"),
+                     (isinstance(cells_, list) and all(
+                         isinstance(c, dict) and isinstance(c.get("attributes"), dict)
+                         and isinstance(c.get("share"), (int, float)) and count(c.get("per_class"))
+                         for c in cells_), "target.cells must be a list of {attributes, share, per_class}")):
+        if not ok:
+            return what
+    return None
+
+
 def read_plan(path: Path | str) -> Plan:
+    """Read and check a plan file: its header, every row (fields, types, labels against the header's
+    classes) and that nothing in it looks like a secret; every problem is a FactoryError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise FactoryError(f"{path}: no such plan file")
-    lines = path.read_text().splitlines()
+    not_plan = f"{path}: not a prompt plan (first line must be a {PLAN_SCHEMA} header)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise FactoryError(f"{not_plan}: not UTF-8 text") from None
+    lines = text.split("\n")  # JSON lines: only "\n" ends a line (str.splitlines splits on more)
+    if lines and lines[-1] == "":
+        lines.pop()
     try:
         header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         header = {}
-    if header.get("schema") != PLAN_SCHEMA:
-        raise FactoryError(f"{path}: not a prompt plan (first line must be a {PLAN_SCHEMA} header)")
+    if not isinstance(header, dict) or header.get("schema") != PLAN_SCHEMA:
+        raise FactoryError(not_plan)
+    problem = _header_problem(header)
+    if problem:
+        raise FactoryError(f"{path}:1: bad plan header ({problem})")
+    check_no_secret(header, f"{path}:1")
+    classes = header["classes"]
     rows = []
     for n, line in enumerate(lines[1:], start=2):
         try:
-            rows.append(PlanRow(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise FactoryError(f"{path}:{n}: bad plan row ({exc})") from None
-    if len(rows) != header.get("rows"):
-        raise FactoryError(f"{path}: header says {header.get('rows')} rows, file has {len(rows)}")
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise FactoryError(f"{path}:{n}: bad plan row (not JSON: {str(exc)[:80]})") from None
+        problem = _row_problem(obj, classes)
+        if problem:
+            raise FactoryError(f"{path}:{n}: bad plan row ({problem})")
+        check_no_secret(obj, f"{path}:{n}")
+        rows.append(PlanRow(**obj))
+    if len(rows) != header["rows"]:
+        raise FactoryError(f"{path}: header says {header['rows']} rows, file has {len(rows)}")
     return Plan(header, rows)
 
 

@@ -6,7 +6,10 @@ final shard names, atomically, and a finished shard is never redone: a run kille
 started again picks up the missing shards and produces exactly the dataset an uninterrupted run would.
 The staging folder carries a fingerprint of the work (plan hash, generator description, shard size);
 work from a different fingerprint is discarded, never mixed in. When every task is done the index is
-written and the folder is moved into place.
+written and the folder is moved into place. The output is claimed first (:mod:`factory.core.outputs`): it
+must be new or a factory dataset, apart from the plan and the generator's folder, and its lock is held
+from the claim to the publish, so two runs never share a staging folder. A run that fails keeps its
+finished shards in the staging folder for the next run (temporary files are removed).
 
 Executors: ``local`` runs tasks in this process; ``ray`` runs the same tasks as Ray tasks (a local Ray
 instance, or a cluster given by ``address``), each loading the generator once per worker.
@@ -25,9 +28,17 @@ from typing import Any, Callable, Iterator, Sequence
 from factory import __version__
 from factory.config import GenerateConfig, GeneratorSpec, SamplerConfig
 from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, file_sha256, read_json, staging_dir
+from factory.core.files import atomic_write_bytes, file_sha256, read_json, remove_quietly, writing
+from factory.core.outputs import OutputDir, claim_output_file, dataset_problem
 from factory.core.sample import synthetic_sample
-from factory.core.shards import INDEX_NAME, ShardInfo, make_index, publish, shard_name, write_shard
+from factory.core.shards import (
+    ShardInfo,
+    check_output_dir,
+    make_index,
+    publish,
+    shard_name,
+    write_shard,
+)
 from factory.generate.backends.base import Generator, GenRequest
 from factory.generate.plans import Plan, PlanRow, read_plan
 
@@ -146,18 +157,27 @@ def _fingerprint(plan: Plan, describe: dict[str, Any], cfg: GenerateConfig,
 
 
 def _prepare_staging(staging: Path, fingerprint: dict[str, Any]) -> None:
+    """Keep the finished shards in ``staging`` if they were made for the same work; else start afresh."""
     run_file = staging / RUN_FILE
-    if staging.exists():
+    if any(staging.iterdir()):
         try:
             previous = read_json(run_file, what="run file")
         except FactoryError:
             previous = None
         if previous == fingerprint:
+            for tmp in staging.glob(".*.tmp-*"):  # left by a killed shard writer
+                remove_quietly(tmp)
             return
         log.info("discarding %s: it holds work for different inputs", staging)
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+        with writing(staging):
+            shutil.rmtree(staging)
+            staging.mkdir()
     atomic_write_bytes(run_file, json.dumps(fingerprint, sort_keys=True, indent=1).encode())
+
+
+def _model_paths(spec: GeneratorSpec) -> list[Path]:
+    """The generator's local folder or file, an input that no output may overlap."""
+    return [Path(spec.model)] if spec.model and Path(spec.model).exists() else []
 
 
 def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
@@ -168,6 +188,8 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     finished batch (local executor) or shard (ray).
     """
     out_dir = Path(out_dir)
+    inputs = [Path(plan_path), *_model_paths(cfg.generator)]
+    check_output_dir(out_dir, True, inputs=inputs)  # before any work
     plan = read_plan(plan_path)
     if not plan.rows:
         raise FactoryError(f"{plan_path}: the plan has no rows")
@@ -180,10 +202,19 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     check_plan(plan, gen)
     parents = [dict(p) for p in (cfg.parents if cfg.parents is not None else gen.parents)]
     describe = gen.describe()
-    staging = staging_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / INDEX_NAME).exists():
-        raise FactoryError(f"{out_dir}: exists and is not a factory dataset; refusing to overwrite it")
+    output = OutputDir(out_dir, inputs=inputs, overwrite=True, replaceable=dataset_problem, resume=True)
+    try:
+        return _generate(output, plan, plan_path, cfg, gen, parents, describe, progress)
+    except BaseException:
+        output.abort()  # keeps the finished shards (resume=True)
+        raise
+
+
+def _generate(output: OutputDir, plan: Plan, plan_path: Path | str, cfg: GenerateConfig, gen: Generator,
+              parents: list[dict[str, Any]], describe: dict[str, Any],
+              progress: Callable[[int, int], Callable[[int], None]] | None) -> GenerateSummary:
+    """The body of :func:`generate`, with the output held: resume, run the missing tasks, publish."""
+    out_dir, staging = Path(output.shown), output.staging
     _prepare_staging(staging, _fingerprint(plan, describe, cfg, parents))
 
     tasks = shard_tasks(len(plan.rows), cfg.shard_size)
@@ -213,8 +244,9 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     meta = {"plan": {"path": str(plan_path), "sha256": plan.sha256(), "rows": len(plan.rows)},
             "generator": describe, "parents": parents, "generation": gen.generation}
     index = make_index(cfg.name, plan.classes, shards, counts, meta)
-    (staging / RUN_FILE).unlink()
-    publish(staging, out_dir, index)
+    with writing(staging / RUN_FILE):
+        (staging / RUN_FILE).unlink()
+    publish(output, index)
     rate = todo_images / seconds if seconds > 0 and todo_images else 0.0
     log.info("generated %d images in %.1fs (%.1f images/s); %d shards resumed", todo_images, seconds, rate, len(done))
     return GenerateSummary(out_dir, index["samples"], len(shards), len(todo), len(done), seconds, rate, index)
@@ -256,12 +288,22 @@ def _run_ray(todo: list[ShardTask], plan: Plan, cfg: GenerateConfig, staging: Pa
 
 @dataclass
 class RegenerateResult:
+    """Two verdicts: the rebuilt bytes against the record's ``sha256`` (``match``) and the loaded weights
+    against the record's ``generator.weights_sha256`` (``weights_match``; False when none is recorded).
+    Equal bytes from other weights are luck, not a reproduction: :attr:`ok` needs both."""
+
     key: str
     match: bool
     expected_sha256: str
     actual_sha256: str
     weights_match: bool
     out: Path
+    expected_weights_sha256: str | None = None
+    actual_weights_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.match and self.weights_match
 
 
 def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None = None,
@@ -270,6 +312,7 @@ def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None
     from factory.core.sample import sha256_hex
     from factory.core.shards import Dataset
 
+    claim_output_file(out, inputs=[dataset, model])  # before any work; the recorded model is checked below
     sample = Dataset(dataset).find(key)
     rec = sample.provenance
     if rec.get("source") != "synthetic":
@@ -281,16 +324,18 @@ def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None
                             dtype=g.get("dtype") if g.get("dtype") in ("float32", "float16", "bfloat16") else "auto",
                             device=device, batch_size=int(g.get("batch_size", 1)))
     spec = GeneratorSpec(backend=g["backend"], model=model or g["model"], sampler=sampler)
+    claim_output_file(out, inputs=[dataset, *_model_paths(spec)])
     gen = load_generator(spec)
     prompt = rec["prompt"]
     data = gen.generate([GenRequest(key=key, label=rec["label"], class_name=rec["class_name"], text=prompt["text"],
                                     seed=rec["seed"], attributes=dict(prompt.get("attributes") or {}))])[0]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
     actual = sha256_hex(data)
-    return RegenerateResult(key, actual == rec["sha256"], rec["sha256"], actual,
-                            gen.describe().get("weights_sha256") == g.get("weights_sha256"), out)
+    recorded, loaded = g.get("weights_sha256"), gen.describe().get("weights_sha256")
+    weights_match = isinstance(recorded, str) and bool(recorded) and loaded == recorded
+    return RegenerateResult(key, actual == rec["sha256"], rec["sha256"], actual, weights_match, out,
+                            recorded if isinstance(recorded, str) else None, loaded)
 
 
 def spec_dict(spec: GeneratorSpec) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 from factory.config import ClassifierConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
-from factory.data.ingest import stratified_test_keys
+from factory.data.ingest import source_paths, stratified_test_keys
 from factory.data.sources import open_source
 from factory.train.classifier import train_classifier
 from factory.train.reference import load_split, predict
@@ -42,8 +42,9 @@ def make_bias_splits(train_source: str, test_source: str, train_out: Path | str,
     no test image is a re-coloured copy of a train image.
     """
     train_out, test_out = Path(train_out), Path(test_out)
-    for p in (train_out, test_out):
-        check_output_dir(p, overwrite)
+    inputs = [*source_paths(train_source), *source_paths(test_source)]
+    check_output_dir(train_out, overwrite, inputs=inputs, others=[test_out])
+    check_output_dir(test_out, overwrite, inputs=inputs, others=[train_out])
     tr, te = open_source(train_source), open_source(test_source)
     if tr.classes != te.classes:
         raise FactoryError(f"{test_source}: classes {te.classes} differ from {train_source}'s {tr.classes}")
@@ -52,14 +53,14 @@ def make_bias_splits(train_source: str, test_source: str, train_out: Path | str,
     lineage = {"train_source": train_source, "test_source": test_source, "test_fraction": test_fraction,
                "seed": seed}
     with DatasetWriter(train_out, f"{tr.name}-biased-train", tr.classes, shard_size,
-                       tr.meta | lineage | {"split": "train"}, overwrite) as w:
+                       tr.meta | lineage | {"split": "train"}, overwrite, inputs=inputs) as w:
         for s in tr:
             if s.key not in test_keys:
                 w.write(s)
         n_train = w.close()["samples"]
     seen = set()
     with DatasetWriter(test_out, f"{te.name}-randomised-test", te.classes, shard_size,
-                       te.meta | lineage | {"split": "test"}, overwrite) as w:
+                       te.meta | lineage | {"split": "test"}, overwrite, inputs=inputs) as w:
         for s in te:
             if s.key in test_keys:
                 if labels.get(s.key) != s.label:
@@ -92,7 +93,12 @@ def attribute_correlation(dataset: Dataset | str | Path, axis: str,
     in ``dataset`` itself). 1.0: fully tied; 1 / (number of values): independent of class."""
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     own = majority_attribute(reference if reference is not None else ds, axis)
-    hits = [rec["attributes"][axis] == own[rec["class_name"]] for rec in ds.records()]
+    hits = []
+    for rec in ds.records():
+        value = (rec.get("attributes") or {}).get(axis)
+        if value is None:
+            raise FactoryError(f"{ds.path}: sample {rec['key']!r} has no attribute {axis!r}")
+        hits.append(value == own.get(rec["class_name"]))
     return sum(hits) / len(hits) if hits else 0.0
 
 

@@ -1,4 +1,5 @@
-"""One synthetic dataset against a real one: distribution metrics, per-class metrics, balance, recognition.
+"""One dataset's features in several feature spaces, its balance and recognition rate; and one synthetic
+dataset against a real one at a matched sample count (:mod:`factory.measure.matched`).
 """
 
 from __future__ import annotations
@@ -6,16 +7,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from PIL import Image
 
 from factory.core.errors import FactoryError
 from factory.core.images import images_to_tensor
 from factory.core.shards import Dataset
-from factory.measure.features import DEFAULT_BATCH_SIZE, FeatureExtractor, _extract, _open
-from factory.measure.metrics import DEFAULT_K, attribute_balance, class_balance, class_metrics
+from factory.measure.features import DEFAULT_BATCH_SIZE, FeatureExtractor, _open, extract_views
+from factory.measure.matched import DEFAULT_BOOTSTRAP, DEFAULT_DRAWS, compare_matched, matched_size
+from factory.measure.metrics import DEFAULT_K, attribute_balance, class_balance
 from factory.train.reference import ReferenceCNN, predict
 
 log = logging.getLogger(__name__)
@@ -57,53 +61,76 @@ class _Recognition:
         }
 
 
+@dataclass
+class DatasetFeatures:
+    """What one streaming pass over a dataset yields."""
+
+    dataset: Dataset
+    features: dict[str, np.ndarray]      # view name -> (N, D) float32
+    class_names: list[str]               # one per sample
+    attributes: list[dict[str, str]]     # one per sample
+    recognition: dict[str, Any] | None   # with a classifier: see :class:`_Recognition`
+
+    def __len__(self) -> int:
+        return len(self.class_names)
+
+    def summary(self, classes: Sequence[str], attribute_values: Mapping[str, Sequence[str]] | None = None
+                ) -> dict[str, Any]:
+        """Class balance against ``classes``, attribute balance, and the recognition rate (if measured)."""
+        out = {"class_balance": class_balance(self.class_names, classes),
+               "attribute_balance": attribute_balance(self.attributes, attribute_values)}
+        if self.recognition is not None:
+            out["recognition"] = self.recognition
+        return out
+
+
+def dataset_features(dataset: Dataset | str | Path, extractors: Mapping[str, FeatureExtractor], *,
+                     classifier: ReferenceCNN | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> DatasetFeatures:
+    """Features of ``dataset`` in every view of ``extractors`` (name -> extractor), its class names and
+    attributes, and with a ``classifier`` (a :class:`ReferenceCNN` trained on real data) the share of its
+    images assigned to their class; one pass. An empty dataset is an error."""
+    ds = _open(dataset)
+    rec = _Recognition(classifier, ds.classes) if classifier is not None else None
+    feats, labels, attrs = extract_views(ds, extractors, batch_size, rec)
+    if not len(labels):
+        raise FactoryError(f"{ds.path}: the dataset is empty")
+    return DatasetFeatures(ds, feats, [ds.classes[y] for y in labels], attrs,
+                           rec.result() if rec is not None else None)
+
+
 def evaluate_dataset(synthetic: Dataset | str | Path, real: Dataset | str | Path, extractor: FeatureExtractor, *,
                      k: int = DEFAULT_K, classifier: ReferenceCNN | None = None,
                      attribute_values: Mapping[str, Sequence[str]] | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+                     batch_size: int = DEFAULT_BATCH_SIZE, n: int | None = None, draws: int = DEFAULT_DRAWS,
+                     bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """Quality of ``synthetic`` against ``real`` (usually the real TEST split) in ``extractor``'s feature space.
 
     Returns a JSON-ready dict:
 
-    - ``overall``: ``{fd, precision, recall, density, coverage}`` of all synthetic against all real samples;
-    - ``per_class``: the same per real class, classes matched by name (see :func:`class_metrics`: a class
-      with too few samples has None values and a ``skipped`` reason; ``n_fake`` counts synthetic samples);
+    - ``overall``: FD, KID, precision, recall, density, coverage at ``n`` samples per side (default: the
+      smaller dataset), means over ``draws`` seeded draws, with ``<metric>_ci95`` and ``per_draw``
+      (:func:`factory.measure.matched.compare_matched`);
     - ``class_balance``: synthetic counts per real class and TV distance from uniform (:func:`class_balance`);
     - ``attribute_balance``: per attribute axis of the synthetic samples (:func:`attribute_balance`;
       ``attribute_values`` names the values an axis should have, e.g. from the prompt plan);
-    - ``recognition`` (only with a ``classifier``, a :class:`~factory.recognition.ReferenceCNN` trained on
-      real data): share of synthetic images it assigns to their class, overall and per class; samples of
-      classes it does not know are left out and counted in ``unknown_class``;
-    - ``extractor``, ``k``, ``n_synthetic``, ``n_real``, ``synthetic`` and ``real`` (dataset refs), ``seconds``.
+    - ``recognition`` (only with a ``classifier``): share of synthetic images it assigns to their class,
+      overall and per class; samples of classes it does not know are left out and counted in ``unknown_class``;
+    - ``extractor``, ``k``, ``n``, ``draws``, ``bootstrap``, ``n_synthetic``, ``n_real``, ``synthetic`` and
+      ``real`` (dataset refs), ``seconds``.
     """
     start = time.perf_counter()
-    syn_ds, real_ds = _open(synthetic), _open(real)
-    rec = _Recognition(classifier, syn_ds.classes) if classifier is not None else None
-    # 1. features: one streaming pass over each dataset (with the classifier's predictions on the synthetic one)
-    fake, fake_y, fake_attrs = _extract(syn_ds, extractor, batch_size, rec)
-    real_f, real_y, _ = _extract(real_ds, extractor, batch_size)
-    for ds, f in ((syn_ds, fake), (real_ds, real_f)):
-        if not len(f):
-            raise FactoryError(f"{ds.path}: the dataset is empty")
-    # 2. classes by name
-    fake_names = [syn_ds.classes[y] for y in fake_y]
-    real_names = [real_ds.classes[y] for y in real_y]
-    # 3. the metrics
-    metrics = class_metrics(real_f, real_names, fake, fake_names, k=k, classes=real_ds.classes)
+    views = {"x": extractor}
+    syn = dataset_features(synthetic, views, classifier=classifier, batch_size=batch_size)
+    ref = dataset_features(real, views, batch_size=batch_size)
+    n = matched_size({str(ref.dataset.path): len(ref), str(syn.dataset.path): len(syn)}, n, k=k)
+    overall = compare_matched(ref.features["x"], {"synthetic": syn.features["x"]}, n=n, draws=draws,
+                              bootstrap=bootstrap, k=k, seed=seed)["synthetic"]
     result: dict[str, Any] = {
-        "extractor": extractor.describe(),
-        "k": int(k),
-        "n_synthetic": int(len(fake)),
-        "n_real": int(len(real_f)),
-        "synthetic": syn_ds.ref(),
-        "real": real_ds.ref(),
-        "overall": metrics["overall"],
-        "per_class": metrics["per_class"],
-        "class_balance": class_balance(fake_names, real_ds.classes),
-        "attribute_balance": attribute_balance(fake_attrs, attribute_values),
+        "extractor": extractor.describe(), "k": int(k), "n": n, "draws": draws, "bootstrap": bootstrap,
+        "n_synthetic": len(syn), "n_real": len(ref), "synthetic": syn.dataset.ref(), "real": ref.dataset.ref(),
+        "overall": overall, **syn.summary(ref.dataset.classes, attribute_values),
     }
-    if rec is not None:
-        result["recognition"] = rec.result()
     result["seconds"] = round(time.perf_counter() - start, 2)
-    log.info("dataset metrics of %s against %s: %s", syn_ds.path, real_ds.path, result["overall"])
+    log.info("dataset metrics of %s against %s at n=%d: %s", syn.dataset.path, ref.dataset.path, n,
+             {m: overall[m] for m in ("fd", "kid", "precision", "recall")})
     return result

@@ -1,12 +1,14 @@
-"""Feature extractors for distribution metrics: the embedded CLIP's image tower, or Inception v3 pool
-features from a LOCAL weights file; and :func:`extract`, features of a whole dataset shard by shard.
+"""Feature extractors for distribution metrics: the penultimate layer of the reference CNN trained on real
+train images only (:class:`ReferenceFeatures`, the independent evaluator), the embedded CLIP's image tower,
+or Inception v3 pool features from a LOCAL weights file; and :func:`extract`, features of a whole dataset
+shard by shard (:func:`extract_views`: several feature spaces in one pass).
 """
 
 from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +16,12 @@ from PIL import Image
 
 from factory.core.errors import FactoryError
 from factory.core.files import file_sha256
+from factory.core.images import images_to_tensor
 from factory.core.sample import sample_attributes
 from factory.core.shards import Dataset
 from factory.curate.scorers import load_scorer
 from factory.curate.scorers.base import Scorer
+from factory.train.reference import EMBED_DIM, ReferenceCNN
 
 EXTRACTOR_KINDS = ("clip", "inception")
 
@@ -61,6 +65,32 @@ class ClipFeatures(FeatureExtractor):
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.scorer.embed_images(list(images))
+
+
+class ReferenceFeatures(FeatureExtractor):
+    """The penultimate layer (``EMBED_DIM`` activations after ReLU) of a :class:`ReferenceCNN` trained on
+    REAL train images only: a feature space that took no part in curation (the LeNet-FID practice of the
+    MNIST literature; Gillman et al. use LeNet features). Images are seen exactly as the classifier sees
+    them (its mode and size, pixels in [-1, 1]). ``trained_on``: what the CNN was trained on (for
+    :meth:`describe`)."""
+
+    name = "reference_cnn"
+
+    def __init__(self, model: ReferenceCNN, trained_on: dict[str, Any] | None = None, batch_size: int = 512) -> None:
+        self.model = model.eval()
+        self.trained_on = trained_on
+        self.batch_size = int(batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name, "model": "ReferenceCNN penultimate layer", "embed_dim": EMBED_DIM,
+                "image_size": self.model.image_size, "mode": self.model.mode, "trained_on": self.trained_on}
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        x = images_to_tensor(list(images), self.model.mode, self.model.image_size)
+        out = [np.zeros((0, EMBED_DIM), np.float32)]
+        out += [self.model.embed(x[i:i + self.batch_size]).float().numpy() for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -152,12 +182,12 @@ def _open(dataset: Dataset | str | Path) -> Dataset:
     return dataset if isinstance(dataset, Dataset) else Dataset(dataset)
 
 
-def _extract(ds: Dataset, extractor: FeatureExtractor, batch_size: int,
-             each_batch: Callable[[list[Image.Image], list[int]], None] | None = None
-             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+def _extract_views(ds: Dataset, extractors: Mapping[str, FeatureExtractor], batch_size: int,
+                   each_batch: Callable[[list[Image.Image], list[int]], None] | None = None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, list[dict[str, str]]]:
     if batch_size < 1:
         raise FactoryError(f"batch_size must be >= 1; got {batch_size}")
-    feats: list[np.ndarray] = []
+    feats: dict[str, list[np.ndarray]] = {v: [] for v in extractors}
     labels: list[int] = []
     attrs: list[dict[str, str]] = []
     images: list[Image.Image] = []
@@ -165,7 +195,8 @@ def _extract(ds: Dataset, extractor: FeatureExtractor, batch_size: int,
 
     def flush() -> None:
         if images:
-            feats.append(np.asarray(extractor(images), dtype=np.float32))
+            for view, extractor in extractors.items():
+                feats[view].append(np.asarray(extractor(images), dtype=np.float32))
             if each_batch is not None:
                 each_batch(images, batch_labels)
             labels.extend(batch_labels)
@@ -181,8 +212,17 @@ def _extract(ds: Dataset, extractor: FeatureExtractor, batch_size: int,
         if len(images) == batch_size:
             flush()
     flush()
-    features = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+    features = {v: np.concatenate(f) if f else np.zeros((0, 0), np.float32) for v, f in feats.items()}
     return features, np.asarray(labels, dtype=np.int64), attrs
+
+
+def extract_views(dataset: Dataset | str | Path, extractors: Mapping[str, FeatureExtractor],
+                  batch_size: int = DEFAULT_BATCH_SIZE,
+                  each_batch: Callable[[list[Image.Image], list[int]], None] | None = None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, list[dict[str, str]]]:
+    """:func:`extract` in several feature spaces at once (one pass over the dataset): features per view
+    name of ``extractors``, labels, attributes. ``each_batch(images, labels)`` sees every batch too."""
+    return _extract_views(_open(dataset), extractors, batch_size, each_batch)
 
 
 def extract(dataset: Dataset | str | Path, extractor: FeatureExtractor, batch_size: int = DEFAULT_BATCH_SIZE
@@ -190,4 +230,5 @@ def extract(dataset: Dataset | str | Path, extractor: FeatureExtractor, batch_si
     """Features (N, D) float32, labels (N,) int64 and attributes (one mapping per sample, from provenance
     ``attributes`` or ``prompt.attributes``) of every sample, streaming the dataset ``batch_size`` images
     at a time. An empty dataset gives a (0, 0) feature array."""
-    return _extract(_open(dataset), extractor, batch_size)
+    feats, labels, attrs = _extract_views(_open(dataset), {"x": extractor}, batch_size)
+    return feats["x"], labels, attrs

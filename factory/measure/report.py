@@ -74,6 +74,69 @@ def _probe_cell(m: Mapping[str, Any] | None) -> str:
     return _pct(m["top1"]) + ("" if few is None else f" / {_pct(few)}")
 
 
+_DIGITS = {"fd": 4, "kid": 4}
+
+
+def _with_ci(d: Mapping[str, Any], metric: str) -> str:
+    """``value [lo, hi]`` (the value alone when there is no interval)."""
+    digits = _DIGITS.get(metric, 3)
+    ci = d.get(f"{metric}_ci95")
+    cell = _fmt(d.get(metric), digits)
+    return cell if not ci else f"{cell} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _within_noise(d: Mapping[str, Any]) -> str:
+    w = d.get("within_noise")
+    if w is None:
+        return ""
+    return ", ".join(k for k, v in w.items() if v) or "none"
+
+
+_METRICS = ("fd", "kid", "precision", "recall", "density", "coverage")
+
+
+def evaluation_section(ev: Mapping[str, Any]) -> list[str]:
+    """The synthetic datasets against the real test split: the floor row first, then the datasets by
+    guidance scale; one table per feature space (the reference CNN's first)."""
+    views = ev.get("views") or {}
+    primary = ev["encoder"].get("kind")
+    label = (views.get(primary) or {}).get("label", primary)
+    floor = ev.get("floor")
+    datasets = sorted(ev["datasets"].items(), key=lambda kv: (kv[1].get("guidance_scale") or 0, kv[0]))
+    n = ev.get("n")
+    out = ["## Synthetic datasets against the real test split", ""]
+    if n is not None:
+        out += [f"Every dataset and a real-vs-real floor is compared with the real test split at n = {n} images per "
+                f"side: the mean over {ev.get('draws')} seeded draws, in brackets the bootstrap 95% interval "
+                f"({ev.get('bootstrap')} resamples). A metric is within noise when its interval overlaps the "
+                "floor's; the last column names those metrics.", ""]
+    out += [f"Feature space: {label}; recognition by a CNN trained on real train "
+            f"(real-test accuracy {_pct(ev['reference_classifier']['test_accuracy'])}).", ""]
+    rows = []
+    if floor:
+        rows.append([floor["label"], floor["samples"], "", "", ""] + [_with_ci(floor, k) for k in _METRICS] + ["", ""])
+    for name, d in datasets:
+        rows.append([name, d["samples"], _fmt(d.get("guidance_scale"), 1), _pct(d.get("recognition")),
+                     _pct(d.get("cas"))] + [_with_ci(d, k) for k in _METRICS]
+                    + [_fmt(d["class_balance_tv"]), _within_noise(d)])
+    out.append(table(["dataset", "images", "guidance", "recognition", "CAS", "FD", "KID", "precision", "recall",
+                      "density", "coverage", "class TV", "within noise of the floor"], rows))
+    out.append("")
+    if floor and floor.get("note"):
+        out += [f"Floor: {floor['path']} ({floor['note']}).", ""]
+    for view, info in views.items():
+        if view == primary:
+            continue
+        out += [f"Feature space: {info.get('label', view)}; same n and draws.", ""]
+        rows = [[floor["label"]] + [_with_ci(floor["views"][view], k) for k in _METRICS] + [""]] if floor else []
+        rows += [[name] + [_with_ci(d["views"][view], k) for k in _METRICS] + [_within_noise(d["views"][view])]
+                 for name, d in datasets if view in d.get("views", {})]
+        out.append(table(["dataset", "FD", "KID", "precision", "recall", "density", "coverage",
+                          "within noise of the floor"], rows))
+        out.append("")
+    return out
+
+
 def render(m: Mapping[str, Any]) -> str:
     """The Markdown results page."""
     out = ["# Results", ""]
@@ -103,17 +166,7 @@ def render(m: Mapping[str, Any]) -> str:
         out.append("")
     ev = m["evaluate"]
     if ev:
-        out += ["## Synthetic datasets against the real test split",
-                "", f"Encoder: {ev['encoder'].get('kind')}; recognition by a CNN trained on real train "
-                f"(real-test accuracy {_pct(ev['reference_classifier']['test_accuracy'])}).", ""]
-        rows = []
-        for name, d in sorted(ev["datasets"].items(), key=lambda kv: (kv[1].get("guidance_scale") or 0, kv[0])):
-            rows.append([name, d["samples"], _fmt(d.get("guidance_scale"), 1), _pct(d.get("recognition")),
-                         _pct(d.get("cas")), _fmt(d["fd"], 4), _fmt(d["precision"]), _fmt(d["recall"]),
-                         _fmt(d["density"]), _fmt(d["coverage"]), _fmt(d["class_balance_tv"])])
-        out.append(table(["dataset", "images", "guidance", "recognition", "CAS", "FD", "precision", "recall",
-                          "density", "coverage", "class TV"], rows))
-        out.append("")
+        out += evaluation_section(ev)
     bias = m["bias"]
     if bias:
         out += ["## Bias benchmark (coloured digits)", "",

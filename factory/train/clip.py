@@ -126,7 +126,7 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     if not isinstance(cfg, ClipTrainConfig):
         raise FactoryError("train_clip needs a ClipTrainConfig")
     out_dir = Path(out_dir)
-    MODEL_FOLDER.check_target(out_dir)
+    MODEL_FOLDER.check_target(out_dir, [dataset.path])
     classes = dataset.classes
 
     # 1. the data: every image (small real sets: held in memory), its label and its attributes
@@ -146,7 +146,7 @@ def train_clip(dataset: Dataset | str | Path, cfg: ClipTrainConfig, out_dir: Pat
     arch = cfg.arch(tokenizer.vocab_size)
     preprocess_cfg = cfg.preprocess()
 
-    with MODEL_FOLDER.staging(out_dir) as staging, torch_threads(cfg.threads):
+    with MODEL_FOLDER.staging(out_dir, [dataset.path]) as staging, torch_threads(cfg.threads):
         name = arch_name(arch)
         arch_file = staging / f"{name}.json"
         atomic_write_bytes(arch_file, json_bytes(arch))

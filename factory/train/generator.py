@@ -123,7 +123,7 @@ def train_generator(dataset: Dataset | str | Path, cfg: EmbeddedTrainConfig, out
     if not isinstance(dataset, Dataset):
         dataset = Dataset(dataset)
     out_dir = Path(out_dir)
-    MODEL_FOLDER.check_target(out_dir)
+    MODEL_FOLDER.check_target(out_dir, [dataset.path])
     data = load_training_data(dataset, cfg.image_size)
     channels = data.images.shape[1]
     attr_axes = list(data.attributes)

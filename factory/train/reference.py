@@ -12,6 +12,8 @@ from factory.core.errors import FactoryError
 from factory.core.images import colour_mode, images_to_tensor
 from factory.core.shards import Dataset
 
+EMBED_DIM = 128  # width of the penultimate layer (the feature space of the independent evaluator)
+
 
 class ReferenceCNN(nn.Module):
     """Two conv-conv-pool stages and a two-layer head (about 0.2M parameters at 16x16)."""
@@ -29,14 +31,18 @@ class ReferenceCNN(nn.Module):
             nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(2 * w * (image_size // 4) ** 2, 128), nn.ReLU(),
-            nn.Linear(128, n_classes),
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(2 * w * (image_size // 4) ** 2, EMBED_DIM), nn.ReLU(),
+            nn.Linear(EMBED_DIM, n_classes),
         )
         self.mode = "L" if in_channels == 1 else "RGB"
         self.classes: list[str] = [str(i) for i in range(n_classes)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer: the ``EMBED_DIM`` activations (after ReLU) that the last linear layer reads."""
+        return self.head[:-1](self.features(x))
 
 
 def load_split(dataset: Dataset | str | Path, image_size: int, mode: str | None = None
