@@ -179,3 +179,29 @@ def test_evaluation_and_pool_params_errors(tmp_path):
         load_params(p)
     with pytest.raises(FactoryError, match="unknown study"):
         load_params("params.yaml").study("nope")
+
+
+# -- issue 10: YAML aliases are bounded (a recursive or "billion laughs" alias hung the reader) --
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+RECURSIVE = "is inside the node it names (a recursive structure)"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text, line, what", [
+    ("a: &a [*a]\n", 1, f"*a {RECURSIVE}"),
+    ("base: &a {seed: 0, x: *a}\n", 1, f"*a {RECURSIVE}"),
+    ("x: &a {y: [1, {z: *a}]}\n", 1, f"*a {RECURSIVE}"),
+    (LAUGHS, 5, "*d is more than 32 aliases in one file"),
+])
+def test_recursive_and_exponential_yaml_aliases_are_refused(tmp_path, text, line, what):
+    assert errors_of(tmp_path, text) == [f"{tmp_path / 'params.yaml'}:{line}: YAML alias {what}"]
+
+
+def test_plain_anchors_and_aliases_load(tmp_path):
+    """``yaml.dump`` writes an anchor and an alias for an object used twice: such a file loads."""
+    (tmp_path / "params.yaml").write_text("plan:\n  templates: &t ['a {class_name}']\n"
+                                          "bias:\n  plan:\n    templates: *t\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.plan.templates == params.bias.plan.templates

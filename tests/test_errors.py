@@ -154,14 +154,42 @@ def test_bad_params_are_one_line_naming_the_parameter(tmp_path, digits, yaml_tex
     assert not (tmp_path / "plan.jsonl").exists()
 
 
-def test_several_bad_params_are_one_line_each(tmp_path, digits):
+def test_several_bad_params_are_one_line(tmp_path, digits):
     params = tmp_path / "params.yaml"
     params.write_text("base:\n  seed: -1\nplan:\n  oversample: .inf\n  templates: ['sk-abcdefghijklmnopqrstuvwx']\n")
-    r = run("prompts", "build", params, tmp_path / "plan.jsonl", "--dataset", digits)
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == 2 and len(lines) == 3 and all(line.startswith("Error: ") for line in lines)
+    line = one_error_line(run("prompts", "build", params, tmp_path / "plan.jsonl", "--dataset", digits))
+    assert line.startswith(f"Error: {params}: 3 problems: "), line
     for culprit in ("base.seed: must be >= 0", "plan.oversample: must be a finite", "plan.templates[0]: looks like"):
-        assert sum(culprit in line for line in lines) == 1, (culprit, lines)
+        assert line.count(culprit) == 1, (culprit, line)
+
+
+def test_an_unknown_key_named_like_a_secret_is_one_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text() + "\nbias:\n  token: abc\n")
+    line = one_error_line(run("prompts", "build", params, tmp_path / "plan.jsonl"))
+    assert line.startswith(f"Error: {params}: 2 problems: bias.token: "), line
+    assert "named like a secret" in line and "unknown parameter" in line
+    assert not (tmp_path / "plan.jsonl").exists()
+
+
+@pytest.mark.timeout(30)
+def test_a_recursive_yaml_alias_is_one_line_in_a_real_process(tmp_path):
+    (tmp_path / "params.yaml").write_text("a: &a [*a]\n")
+    p = subprocess.run([sys.executable, "-m", "factory.cli.main", "prompts", "build", "params.yaml", "out.jsonl"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=25)
+    assert p.returncode == 2 and p.stderr == ("Error: params.yaml:1: YAML alias *a is inside the node it names "
+                                                "(a recursive structure)\n"), p.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow  # the stage as DVC runs it, a real process
+@pytest.mark.timeout(60)
+def test_a_yaml_alias_fails_the_plan_stage(tmp_path, digits):
+    (tmp_path / "params.yaml").write_text("plan:\n  images_per_class: 2\n  templates: &t ['{class_name}', *t]\n")
+    p = subprocess.run([sys.executable, REPO / "stages" / "plan.py", digits, tmp_path / "plan.jsonl"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=50)
+    assert p.returncode == 2 and p.stderr == ("Error: params.yaml:3: YAML alias *t is inside the node it names "
+                                                "(a recursive structure)\n"), p.stderr
 
 
 def test_the_projects_params_still_load():

@@ -68,7 +68,11 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 def record(key: str, label: int = 0, image: bytes | None = None, **updates) -> dict:
     """A valid record for ``key``; its sha256 is that of ``image`` (so only the image checks can fail)."""
-    rec = real_sample(key, png(), label, CLASSES[label], {"dataset": "t", "index": 0}).provenance
+    try:  # the record of ``image`` itself where it decodes (so its phash is the image's), else of a stand-in
+        rec = real_sample(key, png() if image is None else image, label, CLASSES[label],
+                          {"dataset": "t", "index": 0}).provenance
+    except FactoryError:
+        rec = real_sample(key, png(), label, CLASSES[label], {"dataset": "t", "index": 0}).provenance
     if image is not None:
         rec["sha256"] = hashlib.sha256(image).hexdigest()
     rec.update(updates)
@@ -185,6 +189,12 @@ HOSTILE_SHARDS = {
                        "'k0': provenance of 'k0': schema"),
     "token in record": (lambda r: make_dataset(r, [sample("k0", rec=record(
         "k0", 0, png(0), origin={"dataset": "t", "note": "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vX7zA"}))]), "'k0'"),
+    "forged phash": (lambda r: make_dataset(r, [sample("k0", image=noise_png(), rec=record(
+        "k0", 0, noise_png(), phash="ffffffffffffffff"))]), "'k0': the record's phash is not the image's"),
+    "NaN in record": (lambda r: make_dataset(r, [[("k0.png", png(0)), ("k0.cls", b"0"), ("k0.json", json.dumps(
+        record("k0", 0, png(0), attributes={"color": float("nan")})).encode())]]), "NaN is not JSON"),
+    "png cut before its end chunk": (lambda r: make_dataset(r, [sample("k0", image=noise_png()[:-20])]),
+                                     "'k0': image does not decode"),
     "deep json": (lambda r: make_dataset(r, [[("k0.png", png(0)), ("k0.cls", b"0"),
                                              ("k0.json", b"[" * 100_000 + b"]" * 100_000)]]),
                   "'k0': .json member: not valid JSON (nested deeper"),
@@ -574,3 +584,34 @@ def test_training_loader_reads_through_the_checked_iterator(tmp_path):
     (root / "shard-000000.tar").write_bytes(tar_of(sample("k0", image=bomb_png(9000, 9000)) + sample("k1", 1)))
     with pytest.raises(DatasetError, match="sample 'k0': image of 9000x9000 pixels is over the limit"):
         list(PoolStream(pool, shuffle_buffer=0))
+
+
+def test_fifo_shard_never_blocks_a_reader(tmp_path):
+    """A FIFO named like a shard would block every reader forever: it is refused before it is opened."""
+    root = make_dataset(tmp_path / "ds", good_shards())
+    (root / "shard-000000.tar").unlink()
+    os.mkfifo(root / "shard-000000.tar")
+    r = verify(root)
+    assert not r.ok and any("not a regular file" in p for p in r.problems)
+    for args in (["show", str(root), "k2"], ["inspect", str(root)], ["grid", str(root), str(tmp_path / "g.png")],
+                 ["ingest", str(root), str(tmp_path / "out")]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "not a regular file" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_in_index_meta_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "ds", good_shards())
+    text = (root / "index.json").read_text()
+    (root / "index.json").write_text(text[:-1] + ', "meta": {"x": Infinity}}')
+    res = CliRunner().invoke(cli, ["ingest", str(root), str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Infinity is not JSON" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_limit_in_the_environment_is_one_line(digits, monkeypatch):
+    monkeypatch.setenv("FACTORY_MAX_IMAGE_PIXELS", "0")
+    res = CliRunner().invoke(cli, ["verify", str(digits)])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "Error: FACTORY_MAX_IMAGE_PIXELS must be a positive integer; got '0'"

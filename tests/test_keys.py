@@ -165,3 +165,24 @@ def test_real_permissions(src, tmp_path):
     finally:
         os.chmod(src / "a" / "deep", 0o755)
         os.chmod(src / "a" / "2.png", 0o644)
+
+
+def test_fifo_and_broken_link_in_an_imagefolder_are_refused_or_counted(tmp_path):
+    """Left out silently before: now an error naming the file, or a counted skip with --skip-bad."""
+    import os
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from factory.cli.main import cli
+
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    Image.new("L", (8, 8), 5).save(tmp_path / "src" / "a" / "good.png")
+    os.mkfifo(tmp_path / "src" / "a" / "pipe.png")
+    (tmp_path / "src" / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out")])
+    assert res.exit_code == 2 and "not a regular file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out"), "--skip-bad"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 1 samples" in res.output and "skipped 2 unreadable images" in res.output

@@ -352,3 +352,116 @@ def test_the_pools_stage_replaces_only_a_folder_of_pool_files(tmp_path):
     with pytest.raises(FactoryError, match="pools: is not a folder of pool files; refusing to overwrite it"):
         OutputDir(pools, overwrite=True, replaceable=stage.pools_problem)
     assert (pools / "notes.md").read_text() == "mine" and leftovers(tmp_path) == []
+
+
+# -- 5. nested writers, and crash clean-up that touches only what is ours ----------------------------------
+
+def test_an_output_inside_a_dataset_or_model_folder_is_refused(ds, tmp_path):
+    before = snapshot(ds)
+    line = one_error_line(run("ingest", "sklearn:digits", ds / "y"))
+    assert line == f"Error: {ds / 'y'}: lies inside {ds}, a factory dataset; write the output outside it"
+    assert snapshot(ds) == before and not (ds / "y").exists() and leftovers(ds) == []
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.safetensors").write_bytes(b"x")
+    (model / "w.json").write_text(json.dumps({"schema": "factory.some-model/1"}))
+    with pytest.raises(FactoryError, match=r"lies inside .*model, a factory model folder"):
+        OutputDir(model / "sub" / "out")
+    assert sorted(p.name for p in model.iterdir()) == ["w.json", "w.safetensors"]
+
+
+def test_an_output_inside_a_folder_being_written_is_refused(tmp_path):
+    """``ingest A x --overwrite`` runs; ``ingest B x/y`` must not report success for data A then deletes."""
+    outer = tmp_path / "x"
+    with output_lock(outer):
+        p = subprocess.run([sys.executable, "-m", "factory.cli.main", "ingest", "sklearn:digits", str(outer / "y")],
+                           capture_output=True, text=True, cwd=REPO)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+            f"Error: {outer / 'y'}: lies inside {outer}, which another factory process is writing"], p.stderr
+        with pytest.raises(FactoryError, match=r"x/a/b: lies inside .*/x, which another factory process is"):
+            claim_output_dir(outer / "a" / "b")
+        with pytest.raises(FactoryError, match="which another factory process is writing"):  # its staging too
+            OutputDir(tmp_path / ".x.partial" / "z")
+    assert not outer.exists() and sorted(p.name for p in tmp_path.iterdir()) == []  # no lock made for x
+
+
+def test_a_writer_of_the_outer_folder_is_refused_while_an_inner_one_runs(ds, tmp_path):
+    (tmp_path / "x").mkdir()
+    with OutputDir(tmp_path / "x" / "y"):  # the reverse order: x now holds .y.lock and .y.partial
+        with pytest.raises(FactoryError, match="x: is not empty; refusing to overwrite it"):
+            OutputDir(tmp_path / "x", overwrite=True)
+        with pytest.raises(FactoryError, match=r"x: is not a factory dataset; refusing"):
+            check_output_dir(tmp_path / "x", True)
+    before = snapshot(ds)
+    with output_lock(ds / "y"):  # a dataset someone writes into (begun before it was one) is not replaced
+        line = one_error_line(run("ingest", "sklearn:digits", ds, "--overwrite"))
+        assert "holds more than a factory dataset; refusing to overwrite it (it also holds .y.lock)" in line
+    assert snapshot(ds) == before
+
+
+def test_crash_cleanup_never_touches_a_users_folders(ds, tmp_path):
+    before = snapshot(ds)
+    backup = tmp_path / ".ds.old-backup"  # not ours by name: never globbed, deleted nor restored
+    backup.mkdir()
+    (backup / "thesis.txt").write_text("x")
+    line = one_error_line(run("ingest", "sklearn:digits", ds))
+    assert "already exists" in line and (backup / "thesis.txt").read_text() == "x"
+    ds.rename(tmp_path / "elsewhere")
+    assert claim_output_dir(ds, replaceable=dataset_problem) == ds  # ds missing: the backup is not put back
+    assert not ds.exists() and (backup / "thesis.txt").read_text() == "x"
+    (tmp_path / "elsewhere").rename(ds)
+    shutil.rmtree(backup)
+    mine = tmp_path / ".ds.old-4242"  # ours by name, not by content: refused, left alone
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    for present in (True, False):  # ds present: not removed; ds missing: not restored
+        line = one_error_line(run("ingest", "sklearn:digits", ds, "--overwrite"))
+        assert line == f"Error: {mine}: not a previous version of {ds} left by an interrupted run; move it away"
+        assert (mine / "thesis.txt").read_text() == "x"
+        if present:
+            assert snapshot(ds) == before
+            ds.rename(tmp_path / "elsewhere")
+    assert not ds.exists()
+
+
+def test_a_stale_staging_folder_is_removed_only_if_it_holds_our_files(tmp_path):
+    staging = tmp_path / ".newds.partial"
+    staging.mkdir()
+    (staging / "keep.txt").write_text("x")
+    line = one_error_line(run("ingest", "sklearn:digits", tmp_path / "newds"))
+    assert line == f"Error: {staging}: not a factory staging folder; move it away"
+    assert (staging / "keep.txt").read_text() == "x" and not (tmp_path / "newds").exists()
+    (staging / "keep.txt").unlink()
+    (staging / "sub").mkdir()
+    with pytest.raises(FactoryError, match="not a factory staging folder"):
+        OutputDir(tmp_path / "newds")
+    (staging / "sub").rmdir()
+    for name in ("shard-000000.tar", ".shard-000001.tar.tmp-77", "index.json", "run.json", "m.safetensors"):
+        (staging / name).write_bytes(b"partial")
+    with OutputDir(tmp_path / "newds") as o:
+        assert list(o.staging.iterdir()) == []  # ours: discarded
+        (o.staging / "f").write_text("1")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_restore_then_an_error_prints_one_stderr_line(ds, tmp_path):
+    aside = tmp_path / ".ds.old-4242"
+    ds.rename(aside)
+    p = subprocess.run([sys.executable, "-m", "factory.cli.main", "ingest", "sklearn:digits", str(ds)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"Error: {ds}: already exists and is not empty (pass --overwrite to replace it)"], p.stderr
+    assert ds.is_dir() and not aside.exists()
+
+
+def test_no_warning_about_a_temp_file_that_was_never_made(tmp_path, monkeypatch, caplog):
+    """Read-only file system: open() fails, and so does unlink() even of a missing file (EROFS)."""
+    def erofs(*a, **k):
+        raise OSError(30, os.strerror(30))
+
+    monkeypatch.setattr(files, "open", erofs, raising=False)
+    monkeypatch.setattr(Path, "unlink", erofs)
+    with caplog.at_level("INFO"):
+        with pytest.raises(FactoryError, match=r"g\.png: cannot write \(Read-only file system\)$"):
+            files.atomic_write_bytes(tmp_path / "g.png", b"png")
+    assert not [r for r in caplog.records if "could not remove" in r.getMessage()]

@@ -77,6 +77,31 @@ def test_bad_plans_fail_early(kwargs, match):
         build_plan(PlanConfig(**kwargs), CLASSES)
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("template, shown", [
+    ("a handwritten {class_name:>2000000}", "{class_name:>2000000}"),  # built huge rows for >25 s
+    ("a handwritten {class_name:>999999999999999999}", "{class_name:>999999999999999999}"),  # MemoryError
+    ("a {class_name!r}", "{class_name!r}"),
+    ("a {class_name!s:^9}", "{class_name!s:^9}"),
+    ("a {class_name:{color}}", "{class_name:{color}}"),
+    ("a {class_name.__class__}", "{class_name.__class__}"),
+    ("a {color[0]} {class_name}", "{color[0]}"),
+    ("a {} digit", "{}"),
+    ("a {0} digit", "{0}"),
+])
+def test_templates_take_plain_placeholders_only(tmp_path, template, shown):
+    with pytest.raises(FactoryError) as info:
+        build_plan(PlanConfig(images_per_class=5, attributes={"color": ["red"]}, templates=(template,)), CLASSES)
+    assert "plan.templates" in str(info.value) and shown in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+    params = tmp_path / "params.yaml"
+    params.write_text(f"plan:\n  images_per_class: 2\n  attributes: {{color: [red]}}\n  templates: [{template!r}]\n")
+    r = CliRunner().invoke(cli, ["prompts", "build", str(params), str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert r.stderr.startswith("Error: ") and "plan.templates" in r.stderr and shown in r.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 def test_bad_attribute_axes():
     with pytest.raises(FactoryError, match="weights"):
         AttributeAxis.make("color", ["a", "b"], [1])

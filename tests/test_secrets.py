@@ -138,8 +138,8 @@ def _folder(root: Path, classes) -> Path:
 def test_ingest_refuses_a_class_folder_or_dataset_name_like_a_token(tmp_path):
     src = _folder(tmp_path / "src", ["cat", HF])
     line = one_error_line(run("ingest", src, tmp_path / "out"))
-    assert f"{src / HF}: class folder name: looks like a Hugging Face token" in line
-    assert not (tmp_path / "out").exists()
+    assert f"{src / HF[:4]}…: class folder name: looks like a Hugging Face token" in line  # redacted
+    assert HF not in line and not (tmp_path / "out").exists()
     src = _folder(tmp_path / "src2", ["cat", "dog"])
     line = one_error_line(run("ingest", src, tmp_path / "out", "--name", f"cats-{TOKENS['GitHub token']}"))
     assert "index.name: looks like a GitHub token" in line and not (tmp_path / "out").exists()
@@ -163,3 +163,19 @@ def test_the_writer_refuses_secret_meta_and_hf_class_names(tmp_path):
     with pytest.raises(FactoryError, match=r"class names\[1\]: looks like a Hugging Face token"):
         ingest(f"hf:{tmp_path / 'hfd'}", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_error_messages_never_print_the_token(tmp_path):
+    """A token in a file name is refused, and the one-line error names the file without the token."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from factory.cli.main import cli
+
+    token = "hf_" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    Image.new("L", (8, 8), 5).save(tmp_path / "src" / "a" / f"{token}.png")
+    res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert token not in res.stderr and "hf_A…" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -49,8 +49,10 @@ def escape_all(obj: Any) -> Any:
 
 
 def echo(text: Any = "", *, err: bool = False) -> None:
-    """Print ``text``, every line of it escaped (only ``\\n`` separates lines)."""
-    click.echo("\n".join(escape(line) for line in str(text).split("\n")), err=err)
+    """Print ``text``, every line of it escaped (only ``\\n`` separates lines), credentials redacted."""
+    from factory.core.secrets import redact
+
+    click.echo("\n".join(escape(redact(line)) for line in str(text).split("\n")), err=err)
 
 
 def echo_json(obj: Any, *, sort_keys: bool = False) -> None:
@@ -85,8 +87,20 @@ def _os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
+def one_line(message: str) -> str:
+    """A message listing several problems (one a line) as one line: ``params.yaml: 2 problems: a; b``
+    (a prefix every line shares, such as the file, comes first, once)."""
+    lines = [line for line in message.split("\n") if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    head = lines[0].split(": ", 1)[0] + ": "
+    if all(line.startswith(head) and len(line) > len(head) for line in lines):
+        return f"{head}{len(lines)} problems: " + "; ".join(line[len(head):] for line in lines)
+    return f"{len(lines)} problems: " + "; ".join(lines)
+
+
 def report_error(exc: BaseException) -> int:
-    """Print ``exc`` as one line on stderr (a FactoryError listing several errors: one line each) and
+    """Print ``exc`` as one line on stderr (a FactoryError listing several errors: joined, see one_line) and
     return the exit code: 2 bad usage, input, parameters or file system; 130 interrupted; 1 a pipe closed
     early. ``SystemExit`` passes through; an unexpected exception is an internal error (``FACTORY_DEBUG=1``
     re-raises it for the traceback)."""
@@ -112,8 +126,7 @@ def report_error(exc: BaseException) -> int:
         echo("Error: aborted", err=True)
         return 1
     if isinstance(exc, FactoryError):
-        for line in str(exc).split("\n") or [""]:
-            echo(f"Error: {escape(line)}", err=True)
+        echo(f"Error: {escape(one_line(str(exc)))}", err=True)
         return 2
     if isinstance(exc, OSError):
         if exc.errno == errno.EPIPE:  # ``factory inspect DS | head``: stop quietly, as click does

@@ -29,6 +29,9 @@ def cli(verbose: bool) -> None:
     from factory.core.sample import build_epoch
 
     build_epoch()  # a bad SOURCE_DATE_EPOCH fails here, before numpy's f2py reads it at import (a traceback)
+    from factory.core.limits import max_image_pixels, max_member_bytes
+
+    max_member_bytes(), max_image_pixels()  # a bad limit is one line (exit 2), not a problem per sample
 
 
 for command in (data.ingest, data.split, data.verify, data.inspect_cmd, data.show, data.grid,

@@ -181,6 +181,56 @@ class Params(Section):
                                        "generate": b.generate, "pools": b.pools})
 
 
+class _AliasFound(Exception):
+    def __init__(self, line: int, what: str, kind: str) -> None:
+        super().__init__(line, what, kind)
+        self.line, self.what, self.kind = line, what, kind
+
+
+MAX_YAML_ALIASES = 32  # plenty for hand-written params, far too few for an exponential "billion laughs"
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """A safe loader that bounds what anchors and aliases can do: an alias inside the node it names
+    (``a: &a [*a]``, a recursive structure) is refused, and so are more than :data:`MAX_YAML_ALIASES`
+    aliases (nested aliases multiply: "billion laughs" hangs every reader of the result). Plain anchors
+    and a few aliases, as ``yaml.dump`` writes for a repeated object, are fine."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        open_anchors = self.__dict__.setdefault("_open_anchors", [])
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:
+                raise _AliasFound(event.start_mark.line + 1, f"*{event.anchor}",
+                                  "is inside the node it names (a recursive structure)")
+            self.__dict__["_aliases"] = self.__dict__.get("_aliases", 0) + 1
+            if self.__dict__["_aliases"] > MAX_YAML_ALIASES:
+                raise _AliasFound(event.start_mark.line + 1, f"*{event.anchor}",
+                                  f"is more than {MAX_YAML_ALIASES} aliases in one file")
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        open_anchors.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            open_anchors.pop()
+
+
+def load_yaml(text: str, where: Path | str) -> Any:
+    """``text`` parsed as safe YAML, aliases bounded (:class:`_ParamsLoader`; :class:`FactoryError` naming
+    ``where``)."""
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AliasFound as exc:
+        raise FactoryError(f"{where}:{exc.line}: YAML alias {exc.what} {exc.kind}") from None
+    except yaml.YAMLError as exc:
+        raise FactoryError(f"{where}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except RecursionError:
+        raise FactoryError(f"{where}: nested too deeply") from None
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line.
 
@@ -196,15 +246,13 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise FactoryError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise FactoryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    data = load_yaml(text, path)
     try:
-        data = yaml.safe_load(text)
         lines = [f"{path}: {line}" for line in secret_problems(data, "")]
         try:
             params = Params.model_validate(data if data is not None else {})
         except ValidationError as exc:
             lines += [f"{path}: {line}" for line in error_lines(exc, Params)]
-    except yaml.YAMLError as exc:
-        raise FactoryError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     except RecursionError:
         raise FactoryError(f"{path}: nested too deeply") from None
     if lines:

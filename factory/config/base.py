@@ -98,6 +98,25 @@ def template_fields(t: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
 
 
+def template_problem(t: str, allowed: set[str]) -> str | None:
+    """Why ``t`` is not a plain ``{field}`` template over ``allowed`` (None when it is): a placeholder may
+    name an allowed field only, with no conversion (``!r``), format spec (``:>2000000``, which would build
+    huge strings), attribute or index access (``{x.__class__}``, ``{x[0]}``)."""
+    try:
+        parsed = list(string.Formatter().parse(t))
+    except ValueError as exc:
+        return f"bad template {t!r} ({exc})"
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        if conv is not None or spec:
+            return f"{t!r}: placeholder {shown} may not have a conversion or format spec; use plain {{field}}"
+        if name not in allowed:
+            return f"{t!r} uses field {shown}, an unknown field (allowed: {sorted(allowed)})"
+    return None
+
+
 class _Built(type(BaseModel)):  # pydantic's model metaclass
     """``Model(...)`` as a call: fields may be given by position too (in order, as with a dataclass), and
     bad values raise :class:`FactoryError` (one line per error). Only direct construction comes here:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from factory.config.base import Float, Int, Section, Seed, field_error, template_fields
+from factory.config.base import Float, Int, Section, Seed, field_error, template_problem
 from factory.core.errors import FactoryError
 
 Scheduler = Literal["ddim", "dpm", "euler", "ddpm", "pndm"]
@@ -115,13 +115,9 @@ class PlanConfig(Section):
             raise field_error("attributes", "axis names must be unique", names)
         allowed = {"class_name", *names}
         for t in self.templates:
-            try:
-                used = template_fields(t)
-            except ValueError as exc:
-                raise field_error("templates", f"bad template {t!r} ({exc})") from None
-            if used - allowed:
-                raise field_error("templates", f"{t!r} uses unknown field(s) {sorted(used - allowed)}; "
-                                               f"allowed: {sorted(allowed)}")
+            problem = template_problem(t, allowed)
+            if problem:
+                raise field_error("templates", problem)
         return self
 
 

@@ -12,7 +12,17 @@ from typing import Any, ClassVar, Literal, get_args
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from factory.config.base import Bool, Int, Section, Seed, as_number, field_error, number, template_fields
+from factory.config.base import (
+    Bool,
+    Int,
+    Section,
+    Seed,
+    as_number,
+    field_error,
+    number,
+    template_fields,
+    template_problem,
+)
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 BETA_SCHEDULES = get_args(BetaSchedule)
@@ -162,13 +172,10 @@ class ClipTrainConfig(Section):
         for t in value:
             if not t.strip():
                 raise ValueError("must be a list of non-empty strings")
-            try:
-                used = template_fields(t)
-            except ValueError as exc:
-                raise ValueError(f"bad template {t!r} ({exc})") from None
-            if "" in used or used - allowed:
-                raise ValueError(f"template {t!r} uses field(s) {sorted(used - allowed) or ['{}']}; "
-                                 f"allowed: {sorted(allowed)}")
+            problem = template_problem(t, set(allowed))
+            if problem:
+                raise ValueError(problem)
+            used = template_fields(t)
             if required and required not in used:
                 raise ValueError(f"template {t!r} must contain {{{required}}}")
         return value

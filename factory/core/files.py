@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -53,14 +54,17 @@ def writing(what: Path | str) -> Iterator[None]:
 
 def remove_quietly(path: Path) -> None:
     """Clean-up after a failure that is already being raised: remove ``path`` (file or folder); if even
-    that fails, log where the leftover is instead of hiding it behind a second error."""
+    that fails, log where the leftover is (at INFO: the error being raised is the one line a user sees
+    on stderr). Nothing is said about a path that does not exist (e.g. a temporary file never created)."""
+    if not os.path.lexists(path):
+        return
     try:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
     except OSError as exc:
-        log.warning("could not remove %s (%s); delete it by hand", path, os_reason(exc))
+        log.info("could not remove %s (%s); delete it by hand", path, os_reason(exc))
 
 
 def parse_json(raw: bytes | str, path: Path | str, *, error: type[FactoryError] = FactoryError) -> Any:
@@ -146,8 +150,15 @@ def staging_dir(out_dir: Path) -> Path:
 
 
 def trash_dirs(out_dir: Path) -> list[Path]:
-    """Folders ``.<name>.old-<pid>``: the previous ``out_dir``, renamed aside by the two-rename swap."""
-    return sorted(p for p in out_dir.parent.glob(f".{out_dir.name}.old-*") if p.is_dir())
+    """Folders ``.<name>.old-<pid>`` (digits only): the previous ``out_dir``, renamed aside by the
+    two-rename swap. A user's ``.<name>.old-backup`` is never one of them; whether a match really is ours
+    is the caller's to check (:func:`factory.core.outputs.recover`)."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.old-\d+")
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:  # no parent (nothing to repair) or unreadable (the claim's own checks say so)
+        return []
+    return sorted(p for p in entries if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
 _AT_FDCWD = -100

@@ -20,15 +20,16 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any, BinaryIO, Callable, Iterator, Sequence
 
 from PIL import Image
 
 from factory.core.errors import DatasetError, FactoryError
 from factory.core.limits import MEMBER_BYTES_ENV, check_pixels, max_image_pixels, max_member_bytes
-from factory.core.sample import _FORMAT_TO_EXT, _KEY_RE, IMAGE_EXTS, Sample, sha256_hex, validate_record
+from factory.core.sample import _FORMAT_TO_EXT, _KEY_RE, IMAGE_EXTS, Sample, phash_hex, sha256_hex, validate_record
 
 __all__ = [
     "DATASET_SCHEMA", "INDEX_NAME", "max_member_bytes", "max_image_pixels", "read_index", "validate_index",
@@ -67,11 +68,15 @@ def _too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
 def load_json(raw: bytes, where: str | Path) -> Any:
     """Parse UTF-8 JSON from an untrusted file: any failure (bad bytes, syntax, numbers with thousands
     of digits, nesting deeper than :data:`MAX_JSON_DEPTH`) is ``DatasetError("<where>: ...")``."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     except RecursionError:
@@ -157,12 +162,29 @@ def read_index(path: Path) -> tuple[dict[str, Any], bytes]:
     return validate_index(load_json(raw, path), path), raw
 
 
+def open_regular(path: Path, where: str | Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (a FIFO or device named like a shard would
+    block a reader or stream forever); ``O_NONBLOCK`` so that opening a FIFO does not wait for a writer.
+    A missing file raises FileNotFoundError; any other refusal is DatasetError naming ``where``."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DatasetError(f"{where}: not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_limited(path: Path) -> bytes:
     """The bytes of a small metadata file (an index), refusing one over :func:`max_member_bytes`."""
     limit = max_member_bytes()
     too_large = DatasetError(f"{path}: larger than the limit of {limit:,} bytes (raise {MEMBER_BYTES_ENV})")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, path) as f:
             if os.fstat(f.fileno()).st_size > limit:
                 raise too_large
             raw = f.read()  # read(limit + 1) would allocate the whole limit up front
@@ -318,8 +340,9 @@ def check_record(sample: Sample, classes: Sequence[str], where: str) -> None:
                            f"of the index ({_short(classes[sample.label])})")
 
 
-def check_image(data: bytes, ext: str, where: str) -> None:
-    """The bytes are a PNG, JPEG or WebP matching ``ext``, within the pixel limit, and decode fully."""
+def check_image(data: bytes, ext: str, where: str, keep: bool = False) -> Image.Image | None:
+    """The bytes are a PNG, JPEG or WebP matching ``ext``, within the pixel limit, complete (a PNG's chunk
+    CRCs and end chunk are checked) and decode fully; returns the decoded image with ``keep``."""
     if not data:
         raise DatasetError(f"{where}: image member is empty")
     try:
@@ -328,7 +351,11 @@ def check_image(data: bytes, ext: str, where: str) -> None:
             if actual != ext:
                 raise DatasetError(f"{where}: .{ext} member holds {im.format or 'unknown'} bytes")
             check_pixels(*im.size)
+            if actual == "png":  # chunk CRCs and the IEND chunk: load() accepts a PNG cut after its pixels
+                im.verify()
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
+            return im.copy() if keep else None
     except DatasetError:
         raise
     except FactoryError as exc:
@@ -347,21 +374,27 @@ def check_sample(sample: Sample, classes: Sequence[str], where: str) -> None:
     check_record(sample, classes, where)
     if sample.provenance["sha256"] != sha256_hex(sample.image):
         raise DatasetError(f"{where}: image bytes do not match the record's sha256")
-    check_image(sample.image, sample.ext, where)
+    image = check_image(sample.image, sample.ext, where, keep=True)
+    if phash_hex(image) != sample.provenance["phash"]:  # dedup trusts the stored hash: it must be the image's
+        raise DatasetError(f"{where}: the record's phash is not the image's")
 
 
 def shard_file_problem(path: Path, entry: dict[str, Any]) -> str | None:
     """Why the shard file at ``path`` does not match its index entry (missing, size, sha256), or None."""
     try:
-        if not path.is_file():
+        if not os.path.lexists(path):
             return "missing"
+        if not path.is_file():
+            return "not a regular file"
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"size {size} bytes, index says {entry['bytes']}"
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open_regular(path, path.name) as f:
             while block := f.read(1 << 20):
                 h.update(block)
+    except DatasetError:
+        return "not a regular file"
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
     digest = h.hexdigest()

@@ -10,15 +10,22 @@ Every command that writes checks its outputs before it does any work:
   ``replaceable`` check says (a factory dataset checked by its index and shards, a model folder checked
   by its config): never because a file happens to be called ``index.json``.
 
+- an output folder must not lie inside a factory dataset or model folder, nor inside a folder another
+  factory process is writing (its lock is held), so nested writers never delete each other's work.
+
 A writer holds ``<parent>/.<name>.lock`` (an exclusive ``flock``) from its claim to its publish, so a
 second writer of the same folder fails at once with one line. Under the lock it first repairs what a
-crash may have left: ``.<name>.old-*`` with no ``<name>`` is put back (see
-:func:`factory.core.files.replace_dir`); a stale ``.<name>.partial`` is the caller's to discard or resume.
+crash may have left, touching only what is recognisably ours: a ``.<name>.old-<pid>`` that passes the
+caller's ``replaceable`` check is put back if ``<name>`` is missing (see
+:func:`factory.core.files.replace_dir`) and removed otherwise; a stale ``.<name>.partial`` holding only
+our writers' files is the caller's to discard or resume. Anything else under those names is refused
+with one line and left alone.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -76,6 +83,74 @@ def check_apart(out: PathLike, *, inputs: Iterable[PathLike | None] = (),
 
 def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
+
+
+def _lock_held(lock: Path) -> bool:
+    """Whether another open file holds a ``flock`` on ``lock`` (which is not created if absent)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # absent (nobody writes there) or unreadable (cannot tell: the writer's own lock decides)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a shared lock we got
+    return False
+
+
+_PARTIAL_NAME = re.compile(r"\.(.+)\.partial")
+
+
+def _check_not_being_written(path: Path, shown: PathLike) -> None:
+    """Refuse ``path`` if one of its ancestors (or the folder an ancestor stages) is locked by a writer."""
+    for a in path.parents:
+        if not a.name:
+            continue
+        names = [a]
+        staged = _PARTIAL_NAME.fullmatch(a.name)
+        if staged:
+            names.append(a.parent / staged.group(1))
+        for folder in names:
+            if _lock_held(lock_path(folder)):
+                raise FactoryError(f"{shown}: lies inside {folder}, which another factory process is writing")
+
+
+def _factory_folder_kind(folder: Path) -> str | None:
+    """"a factory dataset" or "a factory model folder" if ``folder`` looks like one (cheap: an
+    ``index.json`` with the dataset schema, or weights next to a JSON config with a ``factory.`` schema)."""
+    def schema(p: Path) -> object:
+        try:
+            if p.stat().st_size > 1 << 20:
+                return None
+            obj = json.loads(p.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        return obj.get("schema") if isinstance(obj, dict) else None
+
+    if schema(folder / INDEX_NAME) == DATASET_SCHEMA:
+        return "a factory dataset"
+    try:
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.is_file()]
+    except OSError:
+        return None
+    if any(n.endswith(".safetensors") for n in names):
+        for n in names:
+            s = schema(folder / n) if n.endswith(".json") and not n.startswith(".") else None
+            if isinstance(s, str) and s.startswith("factory."):
+                return "a factory model folder"
+    return None
+
+
+def _check_not_inside_ours(path: Path, shown: PathLike) -> None:
+    for a in path.parents:
+        kind = _factory_folder_kind(a) if a.name else None
+        if kind is not None:
+            raise FactoryError(f"{shown}: lies inside {a}, {kind}; write the output outside it")
 
 
 class OutputLock:
@@ -146,13 +221,29 @@ def output_lock(path: PathLike) -> Iterator[Path]:
         lock.release()
 
 
-def recover(out: Path, shown: PathLike | None = None) -> None:
+def _ours(folder: Path, replaceable: Replaceable | None) -> bool:
+    """Whether the leftover ``folder`` looks like a previous output of this kind (empty, or passing the
+    caller's ``replaceable`` check)."""
+    try:
+        if not any(folder.iterdir()):
+            return True
+    except OSError:
+        return False
+    return replaceable is not None and replaceable(folder) is None
+
+
+def recover(out: Path, shown: PathLike | None = None, replaceable: Replaceable | None = None) -> None:
     """Repair what a crash in the two-rename swap left (call with the lock held): the previous folder
-    renamed aside with no ``out`` is put back; with ``out`` present, such a leftover is old data."""
+    renamed aside with no ``out`` is put back; with ``out`` present, such a leftover is old data. Only a
+    ``.<name>.old-<digits>`` that looks like ours (see :func:`_ours`) is touched; another is refused."""
     shown = shown if shown is not None else out
     trash = trash_dirs(out)
     if not trash:
         return
+    strange = [t for t in trash if not _ours(t, replaceable)]
+    if strange:
+        raise FactoryError(f"{strange[0]}: not a previous version of {shown} left by an interrupted run; "
+                           f"move it away")
     if os.path.lexists(out):
         for t in trash:
             log.info("removing %s, left by an interrupted replacement of %s", t, shown)
@@ -163,7 +254,33 @@ def recover(out: Path, shown: PathLike | None = None) -> None:
                            f"{', '.join(str(t) for t in trash)}; move the one to keep back to {out}")
     with writing(f"{shown}: restoring it from {trash[0]}"):
         os.rename(trash[0], out)
-    log.warning("%s: restored the previous content from %s (an earlier run was interrupted)", shown, trash[0])
+    log.info("%s: restored the previous content from %s (an earlier run was interrupted)", shown, trash[0])
+
+
+_STAGED_NAME = re.compile(r"shard-\d{6,}\.tar|[^.][^/]*\.(json|safetensors)|\..+\.tmp(-\d+)?")
+
+
+def staging_problem(staging: Path) -> str | None:
+    """Why the existing folder ``staging`` is not a staging folder of our writers, or None. Ours hold only
+    plain files they write: shards, ``index.json``, generate's ``run.json``, model-folder files (JSON and
+    safetensors) and hidden temporary files."""
+    if staging.is_symlink() or not staging.is_dir():
+        return "is not a folder"
+    try:
+        entries = list(staging.iterdir())
+    except OSError as exc:
+        return f"cannot be read ({os_reason(exc)})"
+    for p in entries:
+        if not _STAGED_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
+            return f"holds {p.name}"
+    return None
+
+
+def _check_staging(staging: Path) -> None:
+    if not os.path.lexists(staging):
+        return
+    if staging_problem(staging) is not None:
+        raise FactoryError(f"{staging}: not a factory staging folder; move it away")
 
 
 _SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
@@ -226,6 +343,11 @@ def _check_dir_path(out: PathLike, inputs: Iterable[PathLike | None], others: It
     if path == cwd or path in cwd.parents:
         raise FactoryError(f"{out}: is the current directory or one of its parents; "
                            f"write the output to a new folder instead")
+    # Before the lock (whose taking creates the parent folders): never write inside one of our folders
+    # or a folder being written. Checked again once our lock file exists, so that of two nested writers
+    # starting together one always sees the other (the outer one sees our lock file in its folder).
+    _check_not_inside_ours(path, out)
+    _check_not_being_written(path, out)
     return path
 
 
@@ -243,7 +365,9 @@ def claim_output_dir(out: PathLike, *, inputs: Iterable[PathLike | None] = (), o
     lock = OutputLock(path, out)
     lock.acquire()
     try:
-        recover(path, out)
+        _check_not_being_written(path, out)  # again under our lock: a writer of an ancestor then sees it
+        recover(path, out, replaceable)
+        _check_staging(staging_dir(path))
         _check_existing(path, out, overwrite, replaceable)
     finally:
         lock.release()
@@ -284,7 +408,9 @@ class OutputDir:
         self._lock = OutputLock(self.path, out)
         self._lock.acquire()
         try:
-            recover(self.path, out)
+            _check_not_being_written(self.path, out)  # again under our lock (see _check_dir_path)
+            recover(self.path, out, replaceable)
+            _check_staging(self.staging)
             _check_existing(self.path, out, overwrite, replaceable)
             with writing(f"{out}: staging folder {self.staging}"):
                 if self.staging.exists() and not resume:  # left by a crashed run: never a final output

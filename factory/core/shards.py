@@ -38,6 +38,7 @@ from factory.core.integrity import (  # noqa: F401  (DATASET_SCHEMA, INDEX_NAME:
     check_record,
     check_sample,
     iter_tar_samples,
+    open_regular,
     parse_label,
     parse_record,
     read_index,
@@ -267,7 +268,7 @@ def decode_members(key: str, members: Mapping[str, bytes], where: str) -> Sample
 
 def _open_shard(path: Path, where: str) -> BinaryIO:
     try:
-        return open(path, "rb")
+        return open_regular(path, where)
     except FileNotFoundError:
         raise DatasetError(f"{where}: shard listed in {INDEX_NAME} is missing") from None
     except OSError as exc:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from factory.core.errors import FactoryError
 from factory.core.files import write_json
+from factory.core.secrets import redact
 from factory.core.timings import split_timings
 
 
@@ -20,7 +21,7 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except FactoryError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)

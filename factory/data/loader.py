@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from factory.core.errors import DatasetError, FactoryError
 from factory.core.images import image_to_tensor
-from factory.core.integrity import iter_tar_samples, parse_record
+from factory.core.integrity import iter_tar_samples, open_regular, parse_record
 from factory.core.sample import decode_image
 from factory.core.shards import Dataset
 from factory.data.pools import read_pool
@@ -99,7 +99,7 @@ class PoolStream(IterableDataset):
         broken tar is one DatasetError naming the shard), as webdataset sample dicts."""
         for shard in shards:
             url = shard["url"]
-            with open(url, "rb") as stream:  # a missing shard: FileNotFoundError naming it
+            with open_regular(Path(url), url) as stream:  # a missing shard: FileNotFoundError naming it
                 for key, members in iter_tar_samples(stream, url, self._member_wanted):
                     yield {"__key__": key, "__url__": url, **members}
 

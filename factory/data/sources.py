@@ -186,7 +186,7 @@ def _list_files(root: Path, classes: list[str], src: Source) -> list[tuple[int, 
         for folder, dirs, names in os.walk(root / cls, onerror=unreadable):
             dirs.sort()
             files += [Path(folder) / n for n in names if not n.startswith(".")]
-        found += [(label, cls, f) for f in sorted(files) if f.is_file()]  # no FIFOs, no broken links
+        found += [(label, cls, f) for f in sorted(files)]  # FIFOs and broken links too: refused below
     return found
 
 
@@ -207,6 +207,9 @@ def imagefolder_source(root: Path) -> Source:
         rels = [f.relative_to(root).as_posix() for _, _, f in found]
         limit = max_member_bytes()
         for (label, cls, f), rel, key in zip(found, rels, imagefolder_keys(rels)):
+            if not f.is_file():  # a FIFO would block the read; a broken link has nothing to read
+                src.bad(str(f), FactoryError("not a regular file (a FIFO, device, socket or broken link)"))
+                continue
             try:
                 size = f.stat().st_size
                 if size > limit:
