@@ -25,7 +25,8 @@ from factory.core.shards import Dataset
 from factory.data.pools import build_pool
 from factory.measure.dataset_eval import DatasetFeatures, dataset_features
 from factory.measure.features import FeatureExtractor, InceptionFeatures, ReferenceFeatures, feature_extractor
-from factory.measure.matched import compare_matched, matched_size, overlaps
+from factory.core.stats import overlaps
+from factory.measure.matched import compare_matched, matched_size
 from factory.measure.metrics import METRIC_NAMES
 from factory.measure.recognition import train_reference_classifier
 from factory.train.classifier import train_classifier

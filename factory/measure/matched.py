@@ -47,6 +47,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from factory.core.errors import FactoryError
+from factory.core.stats import overlaps  # noqa: F401  (re-exported for evaluation)
 from factory.measure.metrics import (
     DEFAULT_K,
     METRIC_NAMES,
@@ -192,11 +193,6 @@ def interval(values: np.ndarray | list[float], bounds: tuple[float, float] = (-n
     return [float(lo), float(hi)]
 
 
-def overlaps(a: list[float] | None, b: list[float] | None) -> bool | None:
-    """Whether two intervals share a point (None when either is missing)."""
-    if a is None or b is None:
-        return None
-    return bool(a[0] <= b[1] and b[0] <= a[1])
 
 
 def compare_matched(reference: np.ndarray, others: Mapping[str, np.ndarray], *, n: int,
