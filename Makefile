@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch's OpenMP threads spin-wait by default; on a small shared machine that steals the other core
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench readme clean
 
 setup: $(STAMP)
 
@@ -22,11 +22,16 @@ run: $(STAMP)
 	$(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/loader.py
+
+# the README quotes reports/results.md of the committed run (tests/test_results.py checks the two agree)
+readme: $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from factory.measure.report import readme_with_results as r; \
+	p = Path('README.md'); p.write_text(r(p.read_text(), Path('reports/results.md').read_text()))"
 
 clean:
 	rm -rf $(VENV)

@@ -6,8 +6,10 @@ then measures, alternating the two several times and keeping each one's best run
 
 - direct: read each shard with Python's ``tarfile``, decode every image of the pool with PIL and turn
   it into the same ``(C, H, W)`` float tensor, in a plain loop;
-- loader: ``PoolStream`` (webdataset pipeline: shard list, tar reader, key selection, shuffle buffer,
-  decode) through a ``DataLoader`` with batches of 64, with 0 and with 2 workers.
+- loader: ``PoolStream`` through a ``DataLoader`` with batches of 64, with 0 and with 2 workers. The pool
+  fits its memory limit, so the loader reads the drawn samples once through the checked tar reader, then
+  decodes them in a seeded permutation (every batch mixed); ``--streamed`` forces the streamed path (shuffled
+  shards read several at once, components interleaved, shuffle buffer of 1,000).
 
 Usage: python bench/loader.py [--images 20000] [--fraction 0.8] [--image-size 16] [--repeats 3]
 """
@@ -74,10 +76,11 @@ def direct(pool: dict, mode: str, size: int) -> int:
     return n
 
 
-def loader(pool: dict, mode: str, size: int, workers: int) -> int:
-    from factory.data.loader import PoolStream, make_loader
+def loader(pool: dict, mode: str, size: int, workers: int, streamed: bool = False) -> int:
+    from factory.data.loader import MEMORY_BYTES, PoolStream, make_loader
 
-    stream = PoolStream(pool, image_size=size, mode=mode, shuffle_buffer=1000)
+    stream = PoolStream(pool, image_size=size, mode=mode, shuffle_buffer=1000,
+                        memory_bytes=0 if streamed else MEMORY_BYTES)
     n = 0
     for x, _ in make_loader(stream, 64, workers):
         n += len(x)
@@ -100,6 +103,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=8, help="8: the digits (grayscale); else random RGB")
     ap.add_argument("--model-size", type=int, default=16, help="tensor size the images are resized to")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--streamed", action="store_true", help="the loader's streamed path (pools over its memory limit)")
     args = ap.parse_args()
 
     import torch
@@ -116,9 +120,10 @@ def main() -> None:
         d_rate, d_n = best_rate(direct, pool, mode, args.model_size, repeats=args.repeats)
         rows.append({"reader": "direct loop (tarfile + PIL)", "images": d_n, "images_per_s": round(d_rate)})
         for workers in (0, 2):
-            rate, n = best_rate(loader, pool, mode, args.model_size, workers, repeats=args.repeats)
+            rate, n = best_rate(loader, pool, mode, args.model_size, workers, args.streamed, repeats=args.repeats)
             assert n == d_n, f"loader gave {n} images, direct {d_n}"
-            rows.append({"reader": f"PoolStream + DataLoader, {workers} workers", "images": n,
+            rows.append({"reader": f"PoolStream{' streamed' if args.streamed else ''} + DataLoader, {workers} workers",
+                         "images": n,
                          "images_per_s": round(rate), "ratio": round(rate / d_rate, 3)})
     print(f"pool of {d_n} images drawn from {args.images} ({args.image_size}x{args.image_size} {mode}, "
           f"tensors {args.model_size}x{args.model_size}), best of {args.repeats}:")

@@ -22,7 +22,7 @@ def main() -> None:
     args = stage_args(__doc__, *((f"--{name}", what) for name, what in INPUTS.items()),
                       *((f"--{name}", f"the {name} file to write") for name in ("markdown", "html", "plot")))
     params = load_params()
-    metrics = load_metrics(list(params.pools), params.contrastive.pools,
+    metrics = load_metrics(list(params.pools), params.contrastive.pools, baselines=params.report.baselines,
                            **{k.replace("-", "_"): getattr(args, k.replace("-", "_")) for k in INPUTS})
     md = render(metrics)
     atomic_write_bytes(Path(args.markdown), md.encode())

@@ -1,7 +1,9 @@
-"""Stage ``split``: a real dataset -> its train and test splits (stratified, ``split.test_fraction``).
+"""Stage ``split``: a real dataset -> its train, val and test splits (stratified: ``split.test_fraction`` of
+each class to test, then ``split.val_fraction`` of the rest to val), with the style levels of
+``split.style`` fit on train and written into every split's records.
 
-    python stages/split.py FULL TRAIN TEST
-    # dvc.yaml: python stages/split.py data/real/full data/real/train data/real/test
+    python stages/split.py FULL TRAIN VAL TEST
+    # dvc.yaml: python stages/split.py data/real/full data/real/train data/real/val data/real/test
 """
 
 
@@ -14,11 +16,15 @@ def main() -> None:
     args = stage_args(__doc__,
                       ("full", "the dataset to split"),
                       ("train", "the train split to write"),
+                      ("val", "the val split to write (carved from the train part; choices are made on it)"),
                       ("test", "the test split to write"))
     params = load_params()
-    counts = split(args.full, args.train, args.test, test_fraction=params.split.test_fraction, seed=params.base.seed,
-                   shard_size=params.split.shard_size, overwrite=True)
-    print(f"split: train {counts['train']}, test {counts['test']}")
+    p = params.split
+    counts = split(args.full, args.train, args.test, val_out=args.val, test_fraction=p.test_fraction,
+                   val_fraction=p.val_fraction, style=p.style, seed=params.base.seed, shard_size=p.shard_size,
+                   overwrite=True)
+    print(f"split: train {counts['train']}, val {counts['val']}, test {counts['test']}"
+          + (f"; style levels ({', '.join(p.style)}) fit on train" if p.style else ""))
 
 
 if __name__ == "__main__":

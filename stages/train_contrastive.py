@@ -1,5 +1,7 @@
-"""Stage ``train_contrastive@<pool>``: SimCLR, StableRep and StableRep+ encoders trained on a pool, each
-scored by a linear probe (fit on all of REAL train, and on 10 real images per class; tested on REAL test).
+"""Stage ``train_contrastive@<pool>``: the contrastive methods that ``contrastive.methods`` names for the
+pool (SimCLR, StableRep, StableRep+ and the SupCon and random-groups controls), each trained once per seed
+of ``contrastive.seeds`` and scored by a linear probe (fit on all of REAL train, and on 10 real images per
+class; tested on REAL test): mean, 95% interval and per-seed values.
 
     python stages/train_contrastive.py POOL TRAIN TEST --metrics FILE --timings FILE
     # dvc.yaml: python stages/train_contrastive.py data/pools/${item}.json data/real/train data/real/test
@@ -8,7 +10,9 @@ scored by a linear probe (fit on all of REAL train, and on 10 real images per cl
 
 
 from factory.config import load_params
+from factory.core.errors import FactoryError
 from factory.core.stage import run_stage, stage_args, write_results
+from factory.data.pools import read_pool
 from factory.measure.probes import FEW_SHOT, contrastive_benchmark
 
 
@@ -18,11 +22,18 @@ def main() -> None:
                       ("train", "the real train split (the probes' training data)"),
                       ("test", "the real test split"), results=True)
     c = load_params().contrastive
-    metrics, timings = write_results(args, contrastive_benchmark(args.pool, args.train, args.test, c.train, c.methods))
+    pool = read_pool(args.pool)
+    methods = c.methods_for(pool["name"])
+    if not methods:
+        raise FactoryError(f"contrastive.methods names no methods for pool {pool['name']!r}")
+    metrics, timings = write_results(args, contrastive_benchmark(pool, args.train, args.test, c.train, methods,
+                                                                 c.seeds))
+    shot = f"top1_{FEW_SHOT}shot"
     for method, m in metrics["methods"].items():
+        ci = m.get("top1_ci95")
         result = f"skipped ({m['skipped']})" if "skipped" in m else (
-            f"linear-probe top-1 {m['top1']:.4f}, {FEW_SHOT}-shot {m[f'top1_{FEW_SHOT}shot']:.4f} "
-            f"({timings['methods'][method]['seconds']} s)")
+            f"linear-probe top-1 {m['top1']:.4f} (95% CI {ci}), {FEW_SHOT}-shot {m[shot]:.4f} over seeds "
+            f"{m['seeds']} ({timings['methods'][method]['seconds']} s)")
         print(f"train_contrastive {metrics['pool']} {method}: {result}")
 
 

@@ -44,7 +44,7 @@ def test_repo_params_load():
 @pytest.mark.parametrize("text, match", [
     ("split:\n  test_fraction: 1.5\n", r"params.yaml: split.test_fraction: must be < 1 \(got 1.5\)$"),
     ("split:\n  test_fractoin: 0.2\n", "params.yaml: split.test_fractoin: unknown parameter; allowed: test_fraction, "
-                                       "shard_size$"),
+                                       "val_fraction, style, shard_size$"),
     ("ingest:\n  shard_size: 0\n", r"params.yaml: ingest.shard_size: must be >= 1 \(got 0\)$"),
     ("bogus: 1\n", "params.yaml: bogus: unknown parameter; allowed: base, ingest, "),
     ("split: [1, 2\n", "not valid YAML"),

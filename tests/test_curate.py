@@ -10,6 +10,7 @@ from PIL import Image
 
 from factory.cli.main import cli
 from factory.config import CurateConfig
+from factory.core.errors import FactoryError
 from factory.core.sample import synthetic_sample
 from factory.core.shards import Dataset, DatasetWriter
 from factory.curate.filter import curate
@@ -198,3 +199,88 @@ def test_audit_clip_zero_shot_recovers_colour_distribution(tmp_path):
         got = measured["per_class"][str(label)]["distribution"][own]
         want = truth["per_class"][str(label)]["distribution"][own]
         assert abs(got - want) < 0.2, (label, got, want)
+
+
+# -- calibration on REAL VAL, captions of the samples' form ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def styled(tmp_path_factory, digits):
+    """digits split three ways with thickness levels in every record, a small CLIP trained on that train
+    split (so its captions name the levels: "a thick digit three"), a plan whose captions carry the
+    thickness, and a raw set made from its rows (real train images standing in for generated ones)."""
+    from tiny_models import SMALL_CLIP
+
+    from factory.curate.scorers import load_scorer
+    from factory.data.ingest import split
+    from factory.train.clip import train_clip
+
+    root = tmp_path_factory.mktemp("styled")
+    split(digits, root / "train", root / "test", val_out=root / "val", test_fraction=0.2, seed=0,
+          style=("thickness",))
+    train_clip(root / "train", SMALL_CLIP.model_copy(update={"steps": 80}), root / "clip")
+    train = Dataset(root / "train")
+    axis = AttributeAxis.make("thickness", ["thin", "medium", "thick"])
+    plan = build_plan(PlanConfig(images_per_class=6, images_per_prompt=1, classes=("0", "1", "7"), attributes=(axis,),
+                                 templates=("a photo of the digit {class_name}", "a {thickness} handwritten {class_name}")),
+                      train.classes)
+    write_plan(plan, root / "plan.jsonl")
+    pool = {c: [s for s in train if s.class_name == c] for c in ("0", "1", "7")}
+    with DatasetWriter(root / "raw", "raw", train.classes, shard_size=64) as w:
+        for i, row in enumerate(plan.rows):
+            src = pool[row.class_name][i]
+            w.write(synthetic_sample(row.key, src.image, row.label, row.class_name,
+                                     prompt={"text": row.text, "template": row.template, "attributes": row.attributes},
+                                     seed=row.seed, generator=GEN, generation=1, parents=[]))
+    return root, plan, load_scorer("embedded", root / "clip")
+
+
+def test_calibration_on_val_scores_real_images_as_samples_are_scored(styled, tmp_path):
+    from factory.curate.filter import CaptionForm, _own_text
+
+    root, plan, scorer = styled
+    val = Dataset(root / "val")
+    r = curate(root / "raw", tmp_path / "cur", scorer=scorer, cfg=CurateConfig(max_distance=2), calibrate_on=root / "val",
+               test=[root / "test"], train=[root / "train"], plan=root / "plan.jsonl", report_path=tmp_path / "r.json")
+    cal = json.loads((tmp_path / "r.json").read_text())["calibration"]
+    assert cal == r.report["calibration"]
+    assert cal["split"] == str(root / "val") and cal["n"] == len(val) and cal["percentile"] == 5.0
+    assert cal["captions"] == {"from": "plan", "templates": list(plan.header["templates"]),
+                               "attributes": ["thickness"], "per_image": 2}
+    assert r.report["filter"]["thresholds"]["calibrated_on"] == str(root / "val")
+    # each real val image against each plan template filled with its class and its thickness, in the
+    # scorer's words: exactly the caption a sample of that class and thickness is scored against
+    images, captions = [], []
+    for s in val:
+        th = s.provenance["attributes"]["thickness"]
+        for t in plan.header["templates"]:
+            images.append(s.pil())
+            captions.append(scorer.prompt_text(s.class_name, t.format(class_name=s.class_name, thickness=th),
+                                               {"thickness": th}))
+    own = scorer.score(images, captions)
+    assert cal["thresholds"]["min_score"] == pytest.approx(float(np.percentile(own, 5)), abs=1e-5)
+    sample_captions = {_own_text(scorer, s) for s in Dataset(root / "raw")}
+    assert sample_captions <= set(captions) and "a thick digit seven" in sample_captions
+    # ... and not the plain class prompt, which gives other thresholds
+    plain = scorer.score(images, [scorer.class_prompts([c])[0] for c in
+                                  (s.class_name for s in val for _ in plan.header["templates"])])
+    assert abs(float(np.percentile(plain, 5)) - cal["thresholds"]["min_score"]) > 1e-3
+    # what the thresholds do to real images: near the percentile on val by construction (an image
+    # fails on its score or its margin: between 5% and 10%), and reported, not tuned, on test
+    shares = cal["reject_share"]
+    assert set(shares) == {"val", "test"} and cal["test_n"] == len(Dataset(root / "test"))
+    assert 0.04 <= shares["val"] <= 0.105 and 0.0 < shares["test"] < 0.3
+    assert CaptionForm.of_dataset(Dataset(root / "raw")) == CaptionForm(
+        tuple(plan.header["templates"]), ("thickness",), "dataset")
+
+
+def test_calibration_needs_the_attributes_the_captions_name(styled, digits_split, tmp_path):
+    root, _, scorer = styled
+    with pytest.raises(FactoryError, match="has no 'thickness' attribute"):
+        curate(root / "raw", tmp_path / "cur", scorer=scorer, calibrate_on=digits_split[1], plan=root / "plan.jsonl")
+    # explicit thresholds need no calibration split; with one, the report still says what they reject
+    cfg = CurateConfig(min_score=-1.0, min_margin=-2.0)
+    r = curate(root / "raw", tmp_path / "a", scorer=scorer, cfg=cfg, plan=root / "plan.jsonl")
+    assert r.report["calibration"] is None
+    r = curate(root / "raw", tmp_path / "b", scorer=scorer, cfg=cfg, calibrate_on=root / "val", plan=root / "plan.jsonl")
+    assert r.report["calibration"]["percentile"] is None and r.report["calibration"]["reject_share"] == {"val": 0.0}

@@ -174,3 +174,132 @@ def test_stratified_keys_ignore_input_order():
     assert stratified_test_keys(pairs, 0.3, 0) == stratified_test_keys(pairs[::-1], 0.3, 0)
     with pytest.raises(FactoryError, match="test fraction"):
         stratified_test_keys(pairs, 1.0, 0)
+
+
+# -- three splits: train, val, test ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_way(digits, tmp_path_factory):
+    """digits split three ways with both style axes (as the pipeline does), and the two-way split beside it."""
+    root = tmp_path_factory.mktemp("three_way")
+    counts = split(digits, root / "train", root / "test", val_out=root / "val", test_fraction=0.2, val_fraction=0.25,
+                   seed=5, style=("thickness", "slant"))
+    split(digits, root / "train2", root / "test2", test_fraction=0.2, seed=5)
+    return root, counts
+
+
+def test_three_way_split_is_stratified_disjoint_and_keeps_the_test_draw(three_way, digits):
+    root, counts = three_way
+    tr, va, te = (Dataset(root / n) for n in ("train", "val", "test"))
+    assert counts == {"train": len(tr), "val": len(va), "test": len(te)}
+    keys = {n: {s.key for s in d} for n, d in (("train", tr), ("val", va), ("test", te))}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert sum(map(len, keys.values())) == 1797
+    # the test draw is the two-way split's, key for key; val is carved from its train part
+    assert keys["test"] == {s.key for s in Dataset(root / "test2")}
+    assert keys["train"] | keys["val"] == {s.key for s in Dataset(root / "train2")}
+    rest = Counter(s.label for s in Dataset(root / "train2"))
+    val_counts = Counter(s.label for s in va)
+    for label, n in rest.items():  # stratified: a quarter of each class of the train part
+        assert val_counts[label] == round(n * 0.25)
+    assert va.meta["split"] == "val" and va.meta["val_fraction"] == 0.25 and tr.meta["split"] == "train"
+
+
+def test_val_draw_is_deterministic_seeded_and_apart_from_the_test_stream(three_way, digits, tmp_path):
+    root, _ = three_way
+    split(digits, tmp_path / "tr", tmp_path / "te", val_out=tmp_path / "va", test_fraction=0.2, val_fraction=0.25,
+          seed=5, style=("thickness", "slant"))
+    for name, again in (("train", "tr"), ("val", "va"), ("test", "te")):  # byte for byte
+        assert (root / name / "shard-000000.tar").read_bytes() == (tmp_path / again / "shard-000000.tar").read_bytes()
+    val_keys = {s.key for s in Dataset(root / "val")}
+    split(digits, tmp_path / "tr6", tmp_path / "te6", val_out=tmp_path / "va6", test_fraction=0.2, seed=6)
+    assert {s.key for s in Dataset(tmp_path / "va6")} != val_keys
+    # with val_fraction == test_fraction on the same keys, the val stream does not repeat the test draw
+    from factory.data.ingest import stratified_val_keys
+
+    pairs = [(f"k{i:03d}", i % 4) for i in range(200)]
+    assert stratified_val_keys(pairs, 0.3, 0) != stratified_test_keys(pairs, 0.3, 0)
+    assert stratified_val_keys(pairs, 0.3, 0) == stratified_val_keys(pairs[::-1], 0.3, 0)
+    tiny = [("a", 0), ("b", 0), ("c", 1)]  # at least one per class on each side where a class has two
+    assert len(stratified_val_keys(tiny, 0.01, 0)) == 1 and "c" not in stratified_val_keys(tiny, 0.99, 0)
+    with pytest.raises(FactoryError, match="val fraction"):
+        stratified_val_keys(pairs, 0.0, 0)
+
+
+def test_style_levels_on_every_split_fit_on_train_per_class(three_way):
+    root, _ = three_way
+    levels = {"thickness": {"thin", "medium", "thick"}, "slant": {"left", "upright", "right"}}
+    for name in ("train", "val", "test"):
+        ds = Dataset(root / name)
+        assert ds.meta["style_levels"]["fit_on"] == "train" and ds.meta["style_levels"]["axes"] == ["thickness", "slant"]
+        assert ds.meta["attributes"] == {"thickness": ["thin", "medium", "thick"], "slant": ["left", "upright", "right"]}
+        for s in ds:
+            attrs = s.provenance["attributes"]
+            assert set(attrs) == set(levels) and all(attrs[a] in levels[a] for a in levels)
+    # each level holds about a third of each class's TRAIN images (tertiles per class)
+    cells = Counter((s.class_name, s.provenance["attributes"]["thickness"]) for s in Dataset(root / "train"))
+    per_class = Counter(s.class_name for s in Dataset(root / "train"))
+    for (cls, _), n in cells.items():
+        assert abs(n / per_class[cls] - 1 / 3) < 0.05, (cls, n, per_class[cls])
+    edges = Dataset(root / "train").meta["style_levels"]["edges"]
+    assert set(edges) == {"*", *per_class} and edges["1"] != edges["0"]
+
+
+def _thickened(png: bytes) -> bytes:
+    """The digit with every stroke grown by a pixel (a max filter): thicker, same class."""
+    import io
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)
+    grown = a.copy()
+    grown[1:], grown[:, 1:] = np.maximum(grown[1:], a[:-1]), np.maximum(grown[:, 1:], grown[:, :-1])
+    buf = io.BytesIO()
+    Image.fromarray(grown, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_style_levels_ignore_val_and_test_images(three_way, digits, tmp_path):
+    """Thicken every val and test image: train's edges, records and bytes stay the same; val/test levels move."""
+    from factory.core.sample import real_sample
+    from factory.core.shards import DatasetWriter
+
+    root, _ = three_way
+    held_out = {s.key for n in ("val", "test") for s in Dataset(root / n)}
+    full = Dataset(digits)
+    with DatasetWriter(tmp_path / "full", full.name, full.classes, 500, full.meta) as w:
+        for s in full:
+            if s.key in held_out:
+                s = real_sample(s.key, _thickened(s.image), s.label, s.class_name, s.provenance["origin"])
+            w.write(s)
+    split(tmp_path / "full", tmp_path / "train", tmp_path / "test", val_out=tmp_path / "val", test_fraction=0.2,
+          val_fraction=0.25, seed=5, style=("thickness", "slant"))
+    old, new = Dataset(root / "train"), Dataset(tmp_path / "train")
+    assert new.meta["style_levels"] == old.meta["style_levels"]
+    assert [s.provenance["attributes"] for s in new] == [s.provenance["attributes"] for s in old]
+    before = Counter(s.provenance["attributes"]["thickness"] for s in Dataset(root / "val"))
+    after = Counter(s.provenance["attributes"]["thickness"] for s in Dataset(tmp_path / "val"))
+    assert after["thick"] > before["thick"] + 0.2 * len(Dataset(root / "val"))  # the change reached val ...
+    assert {s.key for s in Dataset(tmp_path / "test")} == {s.key for s in Dataset(root / "test")}  # ... same keys
+
+
+def test_style_keeps_existing_attributes_and_checks_axes(tmp_path):
+    ingest("sklearn:digits-colored?bias=0.5&seed=1", tmp_path / "c")
+    split(tmp_path / "c", tmp_path / "tr", tmp_path / "te", val_out=tmp_path / "va", test_fraction=0.2, seed=0,
+          style=("slant",))
+    s = next(iter(Dataset(tmp_path / "va")))
+    assert set(s.provenance["attributes"]) == {"color", "slant"}
+    assert set(Dataset(tmp_path / "tr").meta["attributes"]) == {"color", "slant"}
+    with pytest.raises(FactoryError, match="style axes"):
+        split(tmp_path / "c", tmp_path / "a", tmp_path / "b", test_fraction=0.2, seed=0, style=("boldness",))
+    assert not (tmp_path / "a").exists()
+
+
+def test_split_params():
+    from factory.config import SplitParams
+
+    p = SplitParams(style=["thickness", "slant"])
+    assert p.val_fraction == 0.2 and p.style == ("thickness", "slant") and SplitParams().style == ()
+    for bad, match in (({"val_fraction": 1.0}, "split.val_fraction"), ({"style": ["boldness"]}, "split.style"),
+                       ({"style": ["slant", "slant"]}, "unique")):
+        with pytest.raises(FactoryError, match=match):
+            SplitParams(**bad)

@@ -66,7 +66,11 @@ def shrink_params(repo: Path) -> None:
     tiny = yaml.safe_load(TINY)
     params["train_generator"] = tiny["train_generator"]
     params["train_clip"] = tiny["train_clip"]
-    params["plan"]["images_per_class"] = 4
+    # one style axis, 2 images per prompt: every class x slant cell is one prompt group of 2 images, so the
+    # grouped contrastive methods have positives (the default's 9 cells would leave single-image groups)
+    params["plan"].update(images_per_class=6, images_per_prompt=2, oversample=1.0,
+                          attributes={"slant": ["left", "upright", "right"]},
+                          templates=["a {slant}-slanted handwritten {class_name}"])
     params["generate"].update(steps=3, batch_size=8, shard_size=16)
     params["sweep"]["guidance_scales"] = [1]
     params["pools"] = {
@@ -74,8 +78,9 @@ def shrink_params(repo: Path) -> None:
         "synthetic": [{"dataset": "data/synthetic/curated"}],
         "mix": [{"dataset": "data/real/train", "count": 20}, {"dataset": "data/synthetic/curated", "count": 20}],
     }
-    params["classifier"].update(steps=4, batch_size=16, shuffle_buffer=16)
+    params["classifier"].update(steps=4, batch_size=16, shuffle_buffer=16, seeds=[0, 1])
     params["contrastive"]["pools"] = ["real", "synthetic"]
+    params["contrastive"]["seeds"] = [0]
     params["contrastive"]["train"] = {"steps": 3, "batch_size": 16, "images_per_group": 2, "width": 8,
                                       "embed_dim": 16}
     params["evaluate"].update(k=2)
@@ -83,6 +88,7 @@ def shrink_params(repo: Path) -> None:
     params["bias"]["train_generator"] = tiny["train_generator"]
     params["bias"]["generate"].update(steps=3, batch_size=8, shard_size=50)
     params["report"]["fraction_pools"] = ["real", "mix", "synthetic"]
+    params["report"]["baselines"] = {"synthetic": "real", "mix": "real"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -96,16 +102,28 @@ def repo(tmp_path_factory):
 
 
 def test_repro_builds_real_splits(repo):
-    train, test = Dataset(repo / "data/real/train"), Dataset(repo / "data/real/test")
-    assert len(train) + len(test) == 1797 and len(test) == 359
-    assert verify(repo / "data/real/train").ok and verify(repo / "data/real/test").ok
+    import json
+
+    train, val, test = (Dataset(repo / f"data/real/{n}") for n in ("train", "val", "test"))
+    assert len(train) + len(val) + len(test) == 1797 and len(test) == 359
+    keys = [{s.key for s in d} for d in (train, val, test)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert len(val) == 287  # split.val_fraction 0.2 of each class of the 1,438 left after test
+    for d in (train, val, test):
+        assert verify(d.path).ok
+        assert d.meta["style_levels"]["fit_on"] == "train"
+        assert all(set(s.provenance["attributes"]) == {"thickness", "slant"} for s in d)
+    # the generator is conditioned on both style axes of the real train records
+    config = json.loads((repo / "models/generator/config.json").read_text())
+    assert set(config["attributes"]) == {"thickness", "slant"}
     p = dvc(repo, "status")
     assert p.returncode == 0 and "up to date" in p.stdout, p.stdout
 
 
 def test_repro_generates_the_synthetic_dataset(repo):
     raw = Dataset(repo / "data/synthetic/raw")
-    assert len(raw) == 40 and verify(raw.path).ok
+    assert len(raw) == 60 and verify(raw.path).ok
+    assert {s.provenance["attributes"]["slant"] for s in raw} == {"left", "upright", "right"}
     assert (repo / "models/generator/model.safetensors").is_file()
     s = next(iter(raw))
     assert s.provenance["generator"]["guidance_scale"] == 2.0
@@ -117,10 +135,14 @@ def test_repro_curates(repo):
 
     report = json.loads((repo / "reports/curate.json").read_text())
     curated, rejected = Dataset(repo / "data/synthetic/curated"), Dataset(repo / "data/synthetic/rejected")
-    assert report["samples"] == 40 and report["kept"] == len(curated) and report["rejected"] == len(rejected)
-    assert len(curated) + len(rejected) == 40
+    assert report["samples"] == 60 and report["kept"] == len(curated) and report["rejected"] == len(rejected)
+    assert len(curated) + len(rejected) == 60
     for s in curated:
         assert s.provenance["decision"]["kept"] is True and "clip" in s.provenance["scores"]
+    cal = report["calibration"]  # thresholds from real val, scored as the samples are
+    assert cal["split"] == "data/real/val" and cal["n"] == 287 and cal["test_n"] == 359
+    assert set(cal["reject_share"]) == {"val", "test"}
+    assert report["filter"]["thresholds"]["calibrated_on"] == "data/real/val"
     p = dvc(repo, "metrics", "show")
     assert p.returncode == 0 and "reports/curate.json" in p.stdout
 
@@ -131,20 +153,24 @@ def test_repro_proves_the_pools(repo):
     for pool in ("real", "synthetic", "mix"):
         m = json.loads((repo / f"metrics/classifier/{pool}.json").read_text())
         assert 0 <= m["top1"] <= 1 and m["pool"] == pool and m["n_test"] == 359
+        assert m["seeds"] == [0, 1] and len(m["top1_per_seed"]) == 2 and m["top1"] == m["top1_mean"]
+        lo, hi = m["top1_ci95"]
+        assert lo <= m["top1_mean"] <= hi
         assert (repo / f"dvclive/classifier/{pool}/plots/metrics/test/top1.tsv").is_file()
     mix = json.loads((repo / "data/pools/mix.json").read_text())
     assert mix["samples"] == 40 and mix["synthetic_fraction"] == 0.5
     con = json.loads((repo / "metrics/contrastive/synthetic.json").read_text())
-    assert set(con["methods"]) == {"simclr", "stablerep", "stablerep_plus"}
-    assert all("top1" in v for v in con["methods"].values())
+    assert set(con["methods"]) == {"simclr", "stablerep", "stablerep_plus", "random_groups"}
+    assert all("top1" in v and "top1_10shot" in v for v in con["methods"].values())
     real = json.loads((repo / "metrics/contrastive/real.json").read_text())
-    assert "skipped" in real["methods"]["stablerep"]  # real images have no prompt groups
+    assert set(real["methods"]) == {"simclr", "supcon"}  # supcon: the label-supervised reference
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(ev["datasets"]) == {"w1", "raw", "curated"} and "cas" in ev["datasets"]["w1"]
     rows = json.loads((repo / "plots/guidance.json").read_text())
     assert [r["guidance_scale"] for r in rows] == [1.0, 2.0]
     bias = json.loads((repo / "metrics/bias.json").read_text())
-    assert set(bias["pools"]) == {"biased_real", "biased_real_balanced_synthetic"}
+    assert set(bias["pools"]) == {"biased_real", "biased_real_biased_synthetic", "biased_real_balanced_synthetic"}
+    assert bias["chosen_on"] == "val"
     assert bias["train_correlation"] > 0.9
     assert "## Bias benchmark" in (repo / "reports/results.md").read_text()
     p = dvc(repo, "metrics", "show")

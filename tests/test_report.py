@@ -10,37 +10,51 @@ def write(path, obj):
     path.write_text(json.dumps(obj))
 
 
-def classifier(pool, top1, frac, n):
-    return {"pool": pool, "top1": top1, "synthetic_fraction": frac, "n_train": n, "per_class": {}}
+def classifier(pool, top1, frac, n, ci=None, seeds=(0, 1, 2)):
+    return {"pool": pool, "top1": top1, "top1_mean": top1, "top1_ci95": ci, "seeds": list(seeds),
+            "synthetic_fraction": frac, "n_train": n, "per_class": {}}
 
 
 def test_report_tables_and_fraction_plot(tmp_path):
-    write(tmp_path / "metrics/classifier/real.json", classifier("real", 0.98, 0.0, 800))
-    write(tmp_path / "metrics/classifier/half.json", classifier("half", 0.97, 0.5, 800))
+    write(tmp_path / "metrics/classifier/real.json", classifier("real", 0.98, 0.0, 800, [0.975, 0.985]))
+    write(tmp_path / "metrics/classifier/half.json", classifier("half", 0.97, 0.5, 800, [0.95, 0.99]))
+    write(tmp_path / "metrics/classifier/low.json", classifier("low", 0.90, 1.0, 800, [0.88, 0.92]))
     write(tmp_path / "metrics/contrastive/synthetic.json",
-          {"pool": "synthetic", "n_train": 1000, "methods": {"simclr": {"top1": 0.9, "top1_10shot": 0.8},
-                                                             "stablerep": {"top1": 0.95},
-                                                             "stablerep_plus": {"skipped": "why"}}})
-    write(tmp_path / "metrics/bias.json", {"train_correlation": 0.95, "test_correlation": 0.1, "pools": {
-        "biased": {"n_train": 1400, "synthetic_fraction": 0.0, "top1": 0.8, "consistent_top1": 0.99,
-                   "flipped_top1": 0.78, "gap": 0.21}}})
+          {"pool": "synthetic", "n_train": 1000, "synthetic_fraction": 1.0, "methods": {
+              "simclr": {"top1": 0.9, "top1_ci95": [0.85, 0.95], "top1_10shot": 0.8, "seeds": [0, 1, 2]},
+              "stablerep": {"top1": 0.95, "effective_synthetic_share": 0.75},
+              "stablerep_plus": {"skipped": "why"}}})
+    split = {"top1_mean": 0.8, "top1_ci95": [0.7, 0.9], "consistent_top1_mean": 0.99, "flipped_top1_mean": 0.78,
+             "gap_mean": 0.21, "gap_ci95": [0.1, 0.32]}
+    write(tmp_path / "metrics/bias.json", {"train_correlation": 0.95, "val_correlation": 0.11, "test_correlation": 0.1,
+                                           "chosen_on": "val", "seeds": [0, 1, 2], "pools": {
+        "biased": {"n_train": 1400, "synthetic_fraction": 0.0, "val": {**split, "top1_mean": 0.81}, "test": split}},
+        "synthetic": {"balanced": {"samples": 600, "agreement": 0.9, "unmeasured": 2,
+                                   "realised": {"tv_mean_per_class": 0.12}, "requested": {"tv_mean_per_class": 0.0}}}})
     write(tmp_path / "reports/timings/train_classifier/real.json", {"seconds": 3.0, "images_per_second": 9.0})
-    m = load_metrics(["real", "half", "absent"], ["synthetic"], classifier=tmp_path / "metrics/classifier",
+    m = load_metrics(["real", "half", "low", "absent"], ["synthetic"], classifier=tmp_path / "metrics/classifier",
                      contrastive=tmp_path / "metrics/contrastive", evaluate=tmp_path / "metrics/evaluate.json",
                      bias=tmp_path / "metrics/bias.json", curate=tmp_path / "reports/curate.json",
-                     classifier_timings=tmp_path / "reports/timings/train_classifier")
+                     classifier_timings=tmp_path / "reports/timings/train_classifier",
+                     baselines={"half": "real", "low": "real", "absent": "real"})
     assert m["classifier"]["absent"] is None and m["evaluate"] is None
     md = render(m)
-    assert "| real | 800 | 0.0% | 98.0% | 3 |" in md  # seconds from the timings, not the metrics
-    assert "| half | 800 | 50.0% | 97.0% | n/a |" in md
+    assert "| real | 800 | 0.0% | 98.0% [97.5, 98.5] | 3 |  | 3 |" in md  # seconds from the timings
+    # intervals overlap: the difference is within noise; they do not: below
+    assert "| half | 800 | 50.0% | 97.0% [95.0, 99.0] | 3 | -1.0 pt, within noise (real) | n/a |" in md
+    assert "| low | 800 | 100.0% | 90.0% [88.0, 92.0] | 3 | -8.0 pt, below (real) | n/a |" in md
     assert "| absent | missing |" in md  # a missing metrics file is reported, not filled in
-    assert "| synthetic (1000 images) | 90.0% / 80.0% | 95.0% | skipped |" in md
-    assert "| biased | 1400 | 0.0% | 80.0% | 99.0% | 78.0% | +21.0 pt |" in md
+    assert "| synthetic | simclr | 100.0% | 3 | 90.0% [85.0, 95.0] | 80.0% |" in md
+    assert "| synthetic | stablerep | 75.0% | 1 | 95.0% | n/a |" in md
+    assert "| synthetic | stablerep_plus |  |  | skipped (why) |  |" in md
+    assert ("| biased | 1400 | 0.0% | 81.0% [70.0, 90.0] | 80.0% [70.0, 90.0] | 99.0% | 78.0% "
+            "| +21.0 pt [+10.0, +32.0] |") in md
+    assert "| balanced | 600 | 90.0% | 2 | 0.120 | 0.000 |" in md
     assert "Synthetic datasets" not in md  # no evaluate metrics, no table
     rows = fraction_rows(m["classifier"], ["half", "real", "absent"])
     assert [r["pool"] for r in rows] == ["real", "half"] and rows[1]["synthetic_fraction"] == 0.5
     page = to_html(md)
-    assert page.count("<table>") == 3 and "<td>98.0%</td>" in page
+    assert page.count("<table>") == 4 and "<td>98.0% [97.5, 98.5]</td>" in page
 
 
 def metric_row(fd, lo, hi, **extra):

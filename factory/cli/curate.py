@@ -19,8 +19,9 @@ from factory.core.errors import FactoryError
               help="embedded:<folder> or open_clip:<arch>:<checkpoint file>.")
 @click.option("--min-score", type=float, default=None, help="Keep images whose CLIP score >= this.")
 @click.option("--min-margin", type=float, default=None, help="Keep images whose class margin >= this.")
-@click.option("--calibrate-on", type=click.Path(path_type=Path), default="data/real/train", show_default=True,
-              help="Real dataset whose score percentile sets the thresholds not given.")
+@click.option("--calibrate-on", type=click.Path(path_type=Path), default="data/real/val", show_default=True,
+              help="Held-out real dataset whose score percentile sets the thresholds not given (real val: not "
+                   "the images the scorer was trained on, and never test).")
 @click.option("--percentile", type=float, default=5.0, show_default=True)
 @click.option("--rejected", type=click.Path(path_type=Path), default=None,
               help="Also write the rejected samples (with their reason) to this dataset.")
@@ -54,19 +55,27 @@ def filter_cmd(dataset: Path, out_dir: Path, scorer_spec: str, min_score: float 
 @click.option("--plan", "plan_file", type=click.Path(path_type=Path), default=None,
               help="Compare with this plan's target (default: uniform over the values).")
 @click.option("--scorer", "scorer_spec", default=None,
-              help="embedded:<folder> or open_clip:<arch>:<ckpt>: measure attributes in synthetic images.")
-@click.option("--mode", type=click.Choice(["auto", "provenance", "clip"]), default="auto", show_default=True,
-              help="auto: provenance for real data (ground truth), CLIP zero-shot for synthetic data.")
+              help="embedded:<folder> or open_clip:<arch>:<ckpt>: measure by CLIP the attributes pixels cannot.")
+@click.option("--mode", type=click.Choice(["auto", "provenance", "pixels", "clip"]), default="auto", show_default=True,
+              help="auto: provenance for real data (ground truth); for synthetic data the pixels (colour, "
+                   "thickness, slant) and CLIP zero-shot for other axes. clip falls back to pixels for a "
+                   "measurable axis the scorer has no words for.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="The real dataset (real train) whose per-class tertiles define thickness and slant levels.")
 @click.option("--json", "as_json", is_flag=True)
-def prompts_audit(dataset: Path, plan_file: Path | None, scorer_spec: str | None, mode: str, as_json: bool) -> None:
+def prompts_audit(dataset: Path, plan_file: Path | None, scorer_spec: str | None, mode: str, reference: Path | None,
+                  as_json: bool) -> None:
     """Measure each attribute axis per class against the target; print the table and the TV distance.
 
-    Example: factory prompts audit data/synthetic/raw --plan data/prompts/plan.jsonl --scorer embedded:models/clip
+    For synthetic data the realised values (what the images show) are counted, with the requested ones
+    (the prompt's) beside them, the agreement and the requested -> realised confusion.
+
+    Example: factory prompts audit data/bias/synthetic/raw --plan data/bias/prompts/plan.jsonl
     """
     from factory.curate.audit import audit, format_audit
 
     scorer = parse_scorer(scorer_spec) if scorer_spec else None
-    result = audit(dataset, plan=plan_file, scorer=scorer, mode=mode)  # type: ignore[arg-type]
+    result = audit(dataset, plan=plan_file, scorer=scorer, mode=mode, reference=reference)  # type: ignore[arg-type]
     if as_json:
         echo_json(result)
     else:

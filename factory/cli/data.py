@@ -44,20 +44,28 @@ def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_b
 @click.argument("train_out", type=click.Path(path_type=Path))
 @click.argument("test_out", type=click.Path(path_type=Path))
 @click.option("--test-fraction", required=True, type=float, help="Share of each class that goes to TEST_OUT.")
+@click.option("--val", "val_out", default=None, type=click.Path(path_type=Path),
+              help="Also write a val split here, carved from the train part.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float,
+              help="With --val: share of each class of the train part that goes to val.")
+@click.option("--style", multiple=True, type=click.Choice(["thickness", "slant"]),
+              help="Write this style level (fit per class on train) into every record; repeatable.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--shard-size", default=None, type=click.IntRange(min=1), help="Default: the input's.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already hold datasets.")
-def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, seed: int,
-          shard_size: int | None, overwrite: bool) -> None:
-    """Split DATASET into TRAIN_OUT and TEST_OUT, stratified by class, deterministically.
+def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, val_out: Path | None,
+          val_fraction: float, style: tuple[str, ...], seed: int, shard_size: int | None, overwrite: bool) -> None:
+    """Split DATASET into TRAIN_OUT and TEST_OUT (and --val), stratified by class, deterministically.
 
-    Example: factory split data/digits data/train data/test --test-fraction 0.2 --seed 0
+    Example: factory split data/digits data/train data/test --val data/val --test-fraction 0.2
+    --style thickness --style slant
     """
     from factory.data.ingest import split as run_split
 
-    counts = run_split(dataset, train_out, test_out, test_fraction=test_fraction, seed=seed,
-                       shard_size=shard_size, overwrite=overwrite)
-    echo(f"train: {counts['train']} samples -> {escape(train_out)}; "
+    counts = run_split(dataset, train_out, test_out, val_out=val_out, test_fraction=test_fraction,
+                       val_fraction=val_fraction, style=style, seed=seed, shard_size=shard_size, overwrite=overwrite)
+    val = f"val: {counts['val']} samples -> {escape(val_out)}; " if val_out is not None else ""
+    echo(f"train: {counts['train']} samples -> {escape(train_out)}; {val}"
          f"test: {counts['test']} samples -> {escape(test_out)}")
 
 

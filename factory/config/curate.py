@@ -32,9 +32,9 @@ class FilterConfig(Section):
 
     where: ClassVar[str] = "filter"
 
-    min_score: Float | None = None  # None: calibrate on real data
-    min_margin: Float | None = None  # None: calibrate on real data
-    percentile: Float = Field(5.0, ge=0, lt=100)  # calibration: this percentile of real matched scores / margins
+    min_score: Float | None = None  # None: calibrate on real data (the val split), scored as samples are
+    min_margin: Float | None = None  # None: calibrate on real data (the val split)
+    percentile: Float = Field(5.0, ge=0, lt=100)  # calibration: this percentile of real own-caption scores / margins
     batch_size: Int = Field(256, ge=1)
 
     @field_validator("min_score", "min_margin")

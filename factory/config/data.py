@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -23,11 +23,27 @@ class IngestParams(Section):
     shard_size: Int = Field(1000, ge=1)
 
 
+StyleAxis = Literal["thickness", "slant"]  # the axes factory.data.attributes measures as levels
+
+
 class SplitParams(Section):
+    """``split``: the real test draw (``test_fraction`` of each class of the whole set), the val draw
+    (``val_fraction`` of each class of the rest) and the style levels written into every split's records
+    (``style``: axes measured from pixels, quantised by per-class tertiles fit on the train split)."""
+
     where: ClassVar[str] = "split"
 
     test_fraction: Float = Field(0.2, gt=0, lt=1)
+    val_fraction: Float = Field(0.2, gt=0, lt=1)
+    style: tuple[StyleAxis, ...] = ()  # e.g. (thickness, slant) for digits; () for other data
     shard_size: Int = Field(1000, ge=1)
+
+    @field_validator("style")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("axes must be unique")
+        return v
 
 
 class Component(Section):

@@ -30,18 +30,34 @@ class SweepParams(Section):
 
 
 class ContrastiveParams(Section):
-    """``contrastive``: which pools and methods, and the training config every method shares."""
+    """``contrastive``: which pools, which methods on each, the training seeds, and the training config
+    every method shares. ``methods`` is one list for every pool or ``{pool: [methods]}`` naming every
+    pool of ``pools``; each method is trained once per seed of ``seeds``."""
 
     where: ClassVar[str] = "contrastive"
 
     pools: list[str] = Field(default_factory=list)
-    methods: list[Method] = Field(default_factory=lambda: ["simclr", "stablerep", "stablerep_plus"])
+    methods: list[Method] | dict[str, list[Method]] = Field(
+        default_factory=lambda: ["simclr", "stablerep", "stablerep_plus"])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     train: ContrastiveConfig = ContrastiveConfig()
+
+    def methods_for(self, pool: str) -> list[str]:
+        """The methods trained on ``pool`` (none for a pool ``methods`` does not name)."""
+        return list(self.methods) if isinstance(self.methods, list) else list(self.methods.get(pool, []))
 
     @model_validator(mode="after")
     def _every_method_fits(self) -> "ContrastiveParams":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise field_error("seeds", "must not repeat a seed", self.seeds)
+        if isinstance(self.methods, dict):
+            missing = [p for p in self.pools if p not in self.methods]
+            if missing:
+                raise field_error("methods", f"names no methods for pool(s) {', '.join(missing)}; give each "
+                                  f"pool of contrastive.pools a list", sorted(self.methods))
         t = self.train
-        for method in self.methods:
+        every = self.methods if isinstance(self.methods, list) else [m for ms in self.methods.values() for m in ms]
+        for method in dict.fromkeys(every):
             problem = group_problem(method, t.batch_size, t.images_per_group)
             if problem:
                 raise field_error(f"train.{problem[0]}", f"{problem[1]}, for method {method}",
@@ -60,7 +76,7 @@ class EvaluationConfig(Section):
 
     reference: str = "data/real/test"  # the real dataset every synthetic one is compared with
     train: str = "data/real/train"     # what the reference CNN (recognition, default feature space) learns from
-    floor: str = "data/real/train"     # real data disjoint from reference: the real-vs-real floor (real val once the split exists)
+    floor: str = "data/real/val"       # held-out real data disjoint from reference: the real-vs-real floor
     encoder: Literal["clip", "inception"] = "clip"  # a second, labelled feature space beside the reference CNN's
     encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
     inception_path: str = ""           # Inception v3 weights file: a third view when the file is on disk
@@ -93,14 +109,23 @@ class BiasParams(Section):
     source: str = "sklearn:digits-colored?bias=0.95&seed=0"   # the biased real data
     test_source: str = "sklearn:digits-colored?bias=0.1&seed=1"  # same digits, colour independent of class
     test_fraction: Float = Field(0.2, gt=0, lt=1)
+    val_fraction: Float = Field(0.15, gt=0, lt=1)  # held-out val digits (colour random): every design choice
     shard_size: Int = Field(1000, ge=1)
     plan: PlanConfig = PlanConfig(dataset="data/bias/real/train")
     train_generator: EmbeddedTrainConfig = EmbeddedTrainConfig()
     generate: GenerateConfig = GenerateConfig(model="models/bias/generator")
     pools: PoolsConfig = PoolsConfig()
 
+    @model_validator(mode="after")
+    def _check_fractions(self) -> "BiasParams":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise field_error("val_fraction", f"val_fraction + test_fraction must be below 1 (test_fraction is "
+                                              f"{self.test_fraction})", self.val_fraction)
+        return self
+
 
 class ReportParams(Section):
     where: ClassVar[str] = "report"
 
     fraction_pools: list[str] = Field(default_factory=list)  # pools of one size: accuracy vs synthetic share
+    baselines: dict[str, str] = Field(default_factory=dict)  # pool -> the pool it is compared with (within noise?)

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from factory.config.base import (
+    SEED_LIMIT,
     Bool,
     Int,
     Section,
@@ -263,26 +264,40 @@ class ClassifierConfig(Section):
     augment: Bool = True
     image_size: Int = Field(16, gt=0)
     mode: Literal["auto", "L", "RGB"] = "auto"  # auto (L unless the images are colour) | L | RGB
-    shuffle_buffer: Int = Field(2000, ge=0)
+    shuffle_buffer: Int = Field(2000, ge=0)  # 0 or 1: pool order; else mixed (a pool over 256 MB: this buffer)
     num_workers: Int = Field(0, ge=0)
     cache: Bool = True            # keep decoded images in memory after the first epoch (if under 1 GiB)
     eval_every: Int = Field(100, gt=0)  # steps between real-test evaluations (the last step always)
     seed: Seed = 0
+    # training seeds, as offsets from ``seed`` (itself base.seed by default): one classifier per seed on the
+    # same pool draw (init, order and augmentation change); a result is their mean with a 95% interval
+    seeds: tuple[Seed, ...] = (0, 1, 2)
 
     @model_validator(mode="after")
     def _check(self) -> "ClassifierConfig":
         if self.arch == "cnn" and self.image_size % 4:
             raise field_error("image_size", "must be a multiple of 4 for the cnn", self.image_size)
+        if not self.seeds:
+            raise field_error("seeds", "must hold at least one seed", [])
+        if len(set(self.seeds)) != len(self.seeds):
+            raise field_error("seeds", "must be distinct", list(self.seeds))
+        if self.seed + max(self.seeds) >= SEED_LIMIT:
+            raise field_error("seeds", f"seed + offset must be < {SEED_LIMIT} (seed is {self.seed})", list(self.seeds))
         return self
 
+    def training_seeds(self) -> list[int]:
+        """The seeds the classifiers are trained with: ``seed + offset`` for each of ``seeds``."""
+        return [self.seed + k for k in self.seeds]
 
-Method = Literal["simclr", "stablerep", "stablerep_plus"]
+
+# simclr, supcon: random images, two views each; the others: batches of whole groups (factory.train.groups)
+Method = Literal["simclr", "stablerep", "stablerep_plus", "supcon", "random_groups"]
 METHODS = get_args(Method)
 
 
 def group_problem(method: str, batch_size: int, images_per_group: int) -> tuple[str, str] | None:
-    """(field, message) when a StableRep batch cannot hold positives, else None."""
-    if method == "simclr":
+    """(field, message) when a batch of whole groups cannot hold positives, else None."""
+    if method in ("simclr", "supcon"):
         return None
     if images_per_group < 2:
         return "images_per_group", "must be >= 2 for StableRep (each image needs a positive)"
@@ -294,9 +309,10 @@ def group_problem(method: str, batch_size: int, images_per_group: int) -> tuple[
 class ContrastiveConfig(Section):
     """How to build, train and probe a contrastive encoder (``contrastive.train``, plus the method).
 
-    ``images_per_group`` is for StableRep: a batch is ``batch_size // images_per_group`` whole groups (e.g.
-    prompts), up to ``images_per_group`` images of each, so every image in it has positives. SimCLR uses
-    ``batch_size`` images, two views each (``2 * batch_size`` views through the encoder per step).
+    ``images_per_group`` is for the grouped methods (stablerep, stablerep_plus, random_groups): a batch is
+    whole groups (prompts) up to ``batch_size`` views, up to ``images_per_group`` images of each, one view
+    each, an image alone in its group as two views. SimCLR and SupCon use ``batch_size`` images, two views
+    each (``2 * batch_size`` views through the encoder per step).
     The augmentation (:func:`augment`) is on for every method; ``noise`` is its gaussian noise std.
     """
 
@@ -312,7 +328,7 @@ class ContrastiveConfig(Section):
     temperature: number(gt=0) = 0.1  # of the image-image losses (SimCLR, StableRep)
     width: Int = Field(32, ge=1)  # backbone channels: width, then 2 * width (the feature size)
     embed_dim: Int = Field(64, ge=1)  # projection (and text) embedding size
-    text_weight: number(ge=0) = 0.5  # StableRep+: loss = image-image + text_weight * image-text
+    text_weight: number(ge=0) = 1.0  # StableRep+: image-image + text_weight * image-text (reference: w1 = w2 = 1)
     image_size: Int = Field(16, ge=4)
     noise: number(ge=0) = 0.02  # augmentation: gaussian noise std (pixels in [-1, 1]); 0: off
     seed: Seed = 0

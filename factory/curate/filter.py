@@ -4,7 +4,10 @@ Three steps, each a reason a sample can be left out:
 
 1. **semantic mismatch** (CLIP): the image's score against its own prompt (``clip``) and its margin
    (own-class prompt minus the best other class, ``clip_margin``). Thresholds are calibrated on REAL
-   images by default (a low percentile of real matched scores and margins), or set explicitly.
+   images by default, the val split in the pipeline (a low percentile of their scores and margins), each
+   real image scored exactly as a sample is: against the plan's template(s) filled with its class and its
+   attributes (:class:`CaptionForm`); or set explicitly. The report says which share of real val and
+   real test images the thresholds would reject (``calibration``).
 2. **near-duplicates and leaks** (:mod:`factory.curate.dedup`): one sample per near-duplicate cluster is kept;
    every sample that nearly copies a real TEST image is dropped (a leak); matches with the real TRAIN
    split (memorisation) are reported, and dropped only when asked.
@@ -31,7 +34,7 @@ from factory.config import CurateConfig, FilterConfig
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.outputs import claim_output_file
-from factory.core.sample import Sample, with_updates
+from factory.core.sample import Sample, sample_attributes, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.dedup import find_duplicates
 from factory.curate.hashing import Progress
@@ -86,36 +89,138 @@ def score_samples(scorer: Scorer, dataset: Dataset, batch_size: int = 256, progr
             yield s, float(c), float(m)
 
 
-def calibrate(scorer: Scorer, real: Dataset, percentile: float, batch_size: int = 256) -> Thresholds:
-    """Thresholds from REAL images: the ``percentile``-th percentile of their matched class-prompt
-    scores and of their margins. By construction about ``percentile`` % of real images fall below each."""
+@dataclass(frozen=True)
+class CaptionForm:
+    """How the samples' captions are written, so real images are scored against captions of the same
+    form: each of ``templates`` filled as a plan fills it (``template.format(class_name=..., **attributes)``)
+    with the image's class and its attributes on ``axes``, then put in the scorer's words
+    (:meth:`Scorer.prompt_text`, exactly as :func:`_own_text` does for a sample). No templates: the
+    scorer's class prompt (with the attributes on ``axes``)."""
+
+    templates: tuple[str, ...] = ()
+    axes: tuple[str, ...] = ()
+    source: str = "class prompt"  # plan | dataset | class prompt
+
+    @classmethod
+    def of_plan(cls, plan: Plan) -> "CaptionForm":
+        return cls(tuple(plan.header["templates"]), tuple(plan.header["target"]["attributes"]), "plan")
+
+    @classmethod
+    def of_dataset(cls, dataset: Dataset) -> "CaptionForm":
+        """The templates and attribute axes the samples' own prompts were made with (their provenance)."""
+        templates: dict[str, None] = {}
+        axes: dict[str, None] = {}
+        for rec in dataset.records():
+            prompt = rec.get("prompt") or {}
+            if isinstance(prompt.get("template"), str):
+                templates.setdefault(prompt["template"])
+            for a in prompt.get("attributes") or {}:
+                axes.setdefault(str(a))
+        return cls(tuple(templates), tuple(axes), "dataset") if templates else cls(axes=tuple(axes))
+
+    def texts(self, scorer: Scorer, sample: Sample) -> list[str]:
+        """The captions a real ``sample`` is scored against: one per template."""
+        have = sample_attributes(sample.provenance)
+        missing = [a for a in self.axes if a not in have]
+        if missing:
+            raise FactoryError(f"calibration: real sample {sample.key!r} has no {missing[0]!r} attribute, which the "
+                               f"samples' captions name; give real data that carries it (e.g. split.style)")
+        attrs = {a: have[a] for a in self.axes}
+        class_name = sample.provenance["class_name"]
+        if not self.templates:
+            return [scorer.prompt_text(class_name, None, attrs or None)]
+        out = []
+        for t in self.templates:
+            try:
+                text = t.format(class_name=class_name, **attrs)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise FactoryError(f"calibration: template {t!r} cannot be filled for real sample {sample.key!r} "
+                                   f"({type(exc).__name__}: {exc})") from None
+            out.append(scorer.prompt_text(class_name, text, attrs or None))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"from": self.source, "templates": list(self.templates), "attributes": list(self.axes)}
+
+
+def real_scores(scorer: Scorer, real: Dataset, form: CaptionForm = CaptionForm(), batch_size: int = 256
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Score REAL images exactly as samples are scored: ``(N, T)`` cosines of each image with its caption
+    for each of the form's T templates, and ``(N,)`` margins (own class prompt minus the best other)."""
     text_emb = scorer.embed_texts(class_prompts(scorer, real.classes))
+    cache: dict[str, np.ndarray] = {}
     own_all, marg_all = [], []
     for batch in _batches(real, batch_size):
         img = scorer.embed_images([s.pil() for s in batch])
-        scores = img @ text_emb.T
-        labels = np.array([s.label for s in batch])
-        own_all.append(scores[np.arange(len(batch)), labels])
-        marg_all.append(margins(scores, labels))
-    own, marg = np.concatenate(own_all), np.concatenate(marg_all)
-    return Thresholds(float(np.percentile(own, percentile)), float(np.percentile(marg, percentile)),
-                      str(real.path), percentile,
-                      {"samples": int(len(own)), "clip_mean": round(float(own.mean()), 4),
-                       "clip_margin_mean": round(float(marg.mean()), 4),
-                       "flagged_rate": round(float(np.mean((own < np.percentile(own, percentile)) |
-                                                           (marg < np.percentile(marg, percentile)))), 4)})
+        texts = [form.texts(scorer, s) for s in batch]
+        new = sorted({t for ts in texts for t in ts} - cache.keys())
+        if new:
+            cache.update(zip(new, scorer.embed_texts(new)))
+        own_all.append(np.array([[float(img[i] @ cache[t]) for t in ts] for i, ts in enumerate(texts)]))
+        marg_all.append(margins(img @ text_emb.T, [s.label for s in batch]))
+    if not own_all:
+        raise FactoryError(f"{real.path}: no real images to calibrate on")
+    return np.concatenate(own_all), np.concatenate(marg_all)
 
 
-def resolve_thresholds(scorer: Scorer, cfg: FilterConfig, calibrate_on: Path | str | None) -> Thresholds:
+def reject_share(own: np.ndarray, marg: np.ndarray, min_score: float, min_margin: float) -> float:
+    """The share of (image, caption) pairs the thresholds would reject (an image per template)."""
+    return float(np.mean((own < min_score) | (marg[:, None] < min_margin)))
+
+
+Scores = tuple[np.ndarray, np.ndarray]  # (N, T) own-caption cosines, (N,) margins: see real_scores
+
+
+def thresholds_from(scores: Scores, percentile: float, where: str) -> Thresholds:
+    """The ``percentile``-th percentile of real images' own-caption scores and of their margins."""
+    own, marg = scores
+    t_score, t_margin = float(np.percentile(own, percentile)), float(np.percentile(marg, percentile))
+    return Thresholds(t_score, t_margin, where, percentile,
+                      {"samples": int(len(own)), "captions_per_image": int(own.shape[1]),
+                       "clip_mean": round(float(own.mean()), 4), "clip_margin_mean": round(float(marg.mean()), 4),
+                       "flagged_rate": round(reject_share(own, marg, t_score, t_margin), 4)})
+
+
+def calibrate(scorer: Scorer, real: Dataset, percentile: float, batch_size: int = 256,
+              form: CaptionForm = CaptionForm()) -> Thresholds:
+    """Thresholds from REAL images (the val split) scored as samples are (``form``): the ``percentile``-th
+    percentile of their scores against their own captions and of their margins. By construction about
+    ``percentile`` % of real images fall below each."""
+    return thresholds_from(real_scores(scorer, real, form, batch_size), percentile, str(real.path))
+
+
+def resolve_thresholds(scorer: Scorer, cfg: FilterConfig, calibrate_on: Path | str | None,
+                       form: CaptionForm = CaptionForm(), scores: Scores | None = None) -> Thresholds:
+    """``cfg``'s thresholds where set, the rest calibrated on ``calibrate_on`` (its ``scores`` when given:
+    :func:`real_scores` of it with ``form``)."""
     if cfg.min_score is not None and cfg.min_margin is not None:
         return Thresholds(cfg.min_score, cfg.min_margin)
     if calibrate_on is None:
         raise FactoryError("thresholds need calibration data: give a real dataset to calibrate on, "
                            "or set both min_score and min_margin")
-    t = calibrate(scorer, Dataset(calibrate_on), cfg.percentile, cfg.batch_size)
+    if scores is None:
+        scores = real_scores(scorer, Dataset(calibrate_on), form, cfg.batch_size)
+    t = thresholds_from(scores, cfg.percentile, str(Path(calibrate_on)))
     return Thresholds(cfg.min_score if cfg.min_score is not None else t.min_score,
                       cfg.min_margin if cfg.min_margin is not None else t.min_margin,
                       t.calibrated_on, t.percentile, t.real)
+
+
+def calibration_report(thresholds: Thresholds, calibrate_on: Path | str, val: Scores, tests: list[Scores],
+                       form: CaptionForm) -> dict[str, Any]:
+    """What the thresholds do to REAL images: the share of the calibration (val) split and of the test
+    split(s) they would reject, every image scored against captions of the samples' form. Both should
+    lie near the percentile (between it and twice it: an image fails on its score or on its margin)."""
+    shares = {"val": reject_share(*val, thresholds.min_score, thresholds.min_margin)}
+    if tests:
+        shares["test"] = reject_share(np.concatenate([o for o, _ in tests]), np.concatenate([m for _, m in tests]),
+                                      thresholds.min_score, thresholds.min_margin)
+    return {"split": str(calibrate_on), "n": int(len(val[0])),
+            "percentile": thresholds.percentile if thresholds.calibrated_on else None,
+            "captions": form.describe() | {"per_image": int(val[0].shape[1])},
+            "thresholds": {"min_score": thresholds.min_score, "min_margin": thresholds.min_margin},
+            "reject_share": {k: round(v, 4) for k, v in shares.items()},
+            "test_n": int(sum(len(m) for _, m in tests))}
 
 
 def _rank(seed: int, key: str) -> bytes:
@@ -180,7 +285,15 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
               getattr(scorer, "model_dir", None), getattr(scorer, "checkpoint", None)]
     check_outputs(out_dir, rejected_dir, report_path, inputs=inputs, overwrite=overwrite)
     the_plan = read_plan(plan) if plan is not None else None
-    thresholds = resolve_thresholds(scorer, cfg.filter, calibrate_on)
+    # 0. thresholds from REAL val images scored as the samples are: against captions of their form
+    form, val, calibration, bs = CaptionForm(), None, None, cfg.filter.batch_size
+    if calibrate_on is not None:
+        form = CaptionForm.of_plan(the_plan) if the_plan is not None else CaptionForm.of_dataset(ds)
+        val = real_scores(scorer, Dataset(calibrate_on), form, bs)
+    thresholds = resolve_thresholds(scorer, cfg.filter, calibrate_on, form, val)
+    if calibrate_on is not None and val is not None:
+        tests = [real_scores(scorer, Dataset(p), form, bs) for p in test]
+        calibration = calibration_report(thresholds, calibrate_on, val, tests, form)
     log.info("thresholds: clip >= %.4f, margin >= %.4f", thresholds.min_score, thresholds.min_margin)
 
     # 1. semantic mismatch: one streaming pass, small per-key records
@@ -278,6 +391,7 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
         "rejected": len(info) - int(kept_index["samples"]),
         "reasons": {r: int(totals.get(r, 0)) for r in ("kept", *REASONS)},
         "per_class": {c: {r: int(n) for r, n in sorted(cnt.items())} for c, cnt in per_class.items()},
+        "calibration": calibration,
         "filter": {"thresholds": asdict(thresholds), "flagged_rate":
                    round(sum(1 for r in reason.values() if r.startswith("low_clip")) / max(len(info), 1), 4),
                    "clip_mean": round(float(clip_all.mean()), 4) if len(clip_all) else None},

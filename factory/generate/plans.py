@@ -84,8 +84,14 @@ def _cell_id(attrs: Mapping[str, str]) -> str:
     return "-".join(f"{k}_{v}" for k, v in attrs.items())
 
 
-def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str]) -> Plan:
-    """Expand a PlanConfig against the real dataset's class list into rows."""
+def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str],
+               cell_weights: Mapping[str, Sequence[float]] | None = None) -> Plan:
+    """Expand a PlanConfig against the real dataset's class list into rows.
+
+    ``cell_weights`` (class name -> one weight per attribute cell, in :func:`cells` order) replaces the
+    axes' weights class by class: each class keeps its ``images_per_class`` but splits them over the
+    cells by its own weights (e.g. a real split's class x colour counts, for a synthetic set with the
+    same joint distribution); the header records them under ``target.cell_weights``."""
     if cfg.classes is None:
         chosen = list(dataset_classes)
     else:
@@ -96,11 +102,19 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str]) -> Plan:
     per_class = int(round(cfg.images_per_class * cfg.oversample))
     cell_list = cells(cfg.attributes)
     quotas = largest_remainder(per_class, [p for _, p in cell_list])
+    class_quotas = {c: quotas for c in chosen}
+    if cell_weights is not None:
+        for c in chosen:
+            w = [float(x) for x in cell_weights.get(c, ())]
+            if len(w) != len(cell_list) or any(not x >= 0 for x in w) or not sum(w) > 0:
+                raise FactoryError(f"plan cell weights of class {c!r}: need {len(cell_list)} weights >= 0 with a "
+                                   f"positive sum (one per attribute cell); got {w}")
+            class_quotas[c] = largest_remainder(per_class, w)
     rows: list[PlanRow] = []
     seen: set[str] = set()
     for class_name in chosen:
         label = list(dataset_classes).index(class_name)
-        for (attrs, _), quota in zip(cell_list, quotas):
+        for (attrs, _), quota in zip(cell_list, class_quotas[class_name]):
             cell = _cell_id(attrs)
             for j in range((quota + cfg.images_per_prompt - 1) // cfg.images_per_prompt):
                 template = cfg.templates[j % len(cfg.templates)]
@@ -125,6 +139,8 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str]) -> Plan:
             "cells": [{"attributes": attrs, "share": p, "per_class": q}
                       for (attrs, p), q in zip(cell_list, largest_remainder(cfg.images_per_class,
                                                                             [p for _, p in cell_list]))],
+            **({"cell_weights": {c: [float(x) for x in cell_weights[c]] for c in chosen}}
+               if cell_weights is not None else {}),
         },
         "images_per_prompt": cfg.images_per_prompt,
         "templates": list(cfg.templates),
@@ -257,7 +273,11 @@ def count_table(plan: Plan) -> str:
         row = [counts[(cls, c)] for c in cell_names]
         lines.append("  ".join([f"{cls:<{width}}"] + [f"{n:>{w}}" for n, w in zip(row, cols)] + [f"{sum(row):>6}"]))
     shares = [c["share"] for c in plan.header["target"]["cells"]]
-    lines.append("  ".join([f"{'target':<{width}}"] + [f"{s:>{w}.1%}" for s, w in zip(shares, cols)] + [""]))
+    label = "target"
+    if "cell_weights" in plan.header["target"]:  # per-class weights: the rows' own shares are the target
+        label, shares = "share", [sum(counts[(c, n)] for c in plan.header["plan_classes"]) / max(len(plan.rows), 1)
+                                  for n in cell_names]
+    lines.append("  ".join([f"{label:<{width}}"] + [f"{s:>{w}.1%}" for s, w in zip(shares, cols)] + [""]))
     t = plan.header["target"]
     lines.append(f"{len(plan.rows)} rows; {len(plan.header['plan_classes'])} classes x {plan.header['images_per_class']}"
                  f" images (target {t['images_per_class']} x oversample {t['oversample']:g}); "

@@ -22,14 +22,16 @@ from typing import Any, Mapping
 from factory.config import Component, EvaluationConfig, PoolSpec
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
+from factory.core.stats import overlaps
+from factory.curate.audit import reference_levels
+from factory.data.attributes import STYLE_AXES, Levels
 from factory.data.pools import build_pool
 from factory.measure.dataset_eval import DatasetFeatures, dataset_features
 from factory.measure.features import FeatureExtractor, InceptionFeatures, ReferenceFeatures, feature_extractor
-from factory.core.stats import overlaps
 from factory.measure.matched import compare_matched, matched_size
-from factory.measure.metrics import METRIC_NAMES
+from factory.measure.metrics import METRIC_NAMES, balance_fields
 from factory.measure.recognition import train_reference_classifier
-from factory.train.classifier import train_classifier
+from factory.train.classifier import train_classifier_seeds
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,12 @@ LABELS = {
 }
 
 
-FLOOR_NOTE = ("real train until the val split exists: in the reference CNN's space these are the images it "
-              "was trained on, so the floor there is larger than a held-out one would be")
+def floor_note(floor: Dataset, train: Dataset) -> str:
+    """What the floor is: held-out real data, or (a weaker floor) the reference CNN's own training images."""
+    if floor.path.resolve() == train.path.resolve() or floor.index_sha256 == train.index_sha256:
+        return ("real train: in the reference CNN's space these are the images it was trained on, so the floor "
+                "there is larger than a held-out one would be")
+    return "held-out real images (no model of the pipeline was trained on them), against the real test split"
 
 
 def generator_settings(dataset: Dataset) -> dict[str, Any]:
@@ -79,7 +85,7 @@ def feature_views(cfg: EvaluationConfig, reference_cnn: ReferenceFeatures
 def _check_floor(floor: Dataset, reference: Dataset) -> None:
     if floor.path.resolve() == reference.path.resolve() or floor.index_sha256 == reference.index_sha256:
         raise FactoryError(f"evaluate.floor: {floor.path} is the reference dataset itself; the floor must be "
-                           "real data disjoint from it (real val, or real train until val exists)")
+                           "real data disjoint from it (real val)")
 
 
 def _metrics(row: Mapping[str, Any], floor: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -131,9 +137,20 @@ def evaluate_datasets(cfg: EvaluationConfig, progress=None) -> dict[str, Any]:
         "n": n, "draws": cfg.draws, "bootstrap": cfg.bootstrap, "k": cfg.k, "seed": cfg.seed,
         "reference_classifier": {"test_accuracy": ref_info.get("test_accuracy"), "images": ref_info["images"],
                                  "epochs": ref_info["epochs"]},
-        "floor": {"label": FLOOR, **_row(FLOOR, sets[FLOOR], compared, floor=True), "note": FLOOR_NOTE},
+        "floor": {"label": FLOOR, **_row(FLOOR, sets[FLOOR], compared, floor=True),
+                  "note": floor_note(floor_ds, Dataset(cfg.train))},
         "datasets": {},
     }
+    levels: list[Levels] = []
+
+    def style_levels(axes: Mapping[str, Any]) -> Levels | None:
+        """Per-class thickness/slant tertiles of real train, fit once, when a dataset requests style axes."""
+        if not any(a in STYLE_AXES for a in axes):
+            return None
+        if not levels:
+            levels.append(reference_levels(cfg.train))
+        return levels[0]
+
     for name, path in cfg.datasets.items():
         feats = sets[name]
         summary = feats.summary(reference.classes)
@@ -141,14 +158,14 @@ def evaluate_datasets(cfg: EvaluationConfig, progress=None) -> dict[str, Any]:
         row: dict[str, Any] = {**_row(name, feats, compared, floor=False), **generator_settings(feats.dataset),
                                "recognition": rec.get("overall"),
                                "class_balance_tv": summary["class_balance"]["tv_from_uniform"],
-                               "attribute_balance": {a: v["tv_from_uniform"]
-                                                     for a, v in summary["attribute_balance"].items()},
+                               **balance_fields(feats.dataset, summary["attribute_balance"],
+                                                style_levels(summary["attribute_balance"])),
                                "recognition_per_class": rec.get("per_class")}
         if name in cfg.cas:
             pool = build_pool(PoolSpec(name=f"cas-{name}", components=(Component(dataset=str(path)),), seed=cfg.seed))
-            _, cas = train_classifier(pool, cfg.reference, cfg.classifier)
-            row["cas"] = cas["top1"]
-            row["cas_per_class"] = cas["per_class"]
+            cas = train_classifier_seeds(pool, cfg.reference, cfg.classifier)  # classifier.seeds: mean, CI
+            row.update(cas=cas["top1_mean"], cas_ci95=cas["top1_ci95"], cas_per_seed=cas["top1_per_seed"],
+                       cas_seeds=cas["seeds"], cas_per_class=cas["per_class"])
         out["datasets"][name] = row
         log.info("evaluate %s at n=%d: %s", name, n, {k: v for k, v in row.items() if not isinstance(v, (dict, list))})
         if progress is not None:

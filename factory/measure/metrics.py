@@ -10,7 +10,8 @@
   implementation ``clovaai/generative-evaluation-prdc``: k-NN balls whose radius is the distance to the
   k-th nearest neighbour (self excluded) and strict ``<`` comparisons.
 - The class balance and the attribute balance of the synthetic dataset (total-variation distance from
-  uniform).
+  uniform); :func:`realised_balance` reads the attributes from what the images show (measured from
+  pixels), with what the prompts asked for beside it.
 
 These compare two feature sets as given; :mod:`factory.measure.matched` compares sets at one sample count
 with seeded draws and bootstrap intervals. Features come from :mod:`factory.measure.features`. PRDC and
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from factory.core.errors import FactoryError
-from factory.curate.audit import total_variation
+from factory.core.shards import Dataset
+from factory.curate.audit import UNMEASURED, realised_attributes, realised_report, total_variation
+from factory.data.attributes import MEASURED_AXES, Levels
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +245,65 @@ def attribute_balance(attributes: Sequence[Mapping[str, str]],
                                 if n else None),
         }
     return out
+
+
+def _balance(counts: Mapping[str, int], per_class: Mapping[str, Mapping[str, int]], values: Sequence[str]
+             ) -> dict[str, Any]:
+    """Counts over ``values``, the TV distance of their distribution from uniform, and the mean over
+    classes of each class's TV from uniform (0 for a set whose values are independent of class and even)."""
+    def tv(c: Mapping[str, int]) -> float | None:
+        n = sum(c.values())
+        return float(total_variation({v: m / n for v, m in c.items()}, _uniform(list(values)))) if n else None
+
+    tvs = [t for t in (tv(c) for c in per_class.values()) if t is not None]
+    return {"counts": {v: int(counts.get(v, 0)) for v in values}, "tv_from_uniform": tv(counts),
+            "tv_mean_per_class": float(np.mean(tvs)) if tvs else None}
+
+
+def realised_balance(dataset: Dataset | Path | str, axes: Sequence[str],
+                     values: Mapping[str, Sequence[str]] | None = None, levels: Levels | None = None
+                     ) -> dict[str, Any]:
+    """Attribute balance of a synthetic dataset from what its images SHOW, beside what was asked for.
+
+    Per axis of ``axes`` (measurable from pixels: colour, thickness, slant; style axes need ``levels``
+    fit on real train): ``realised`` and ``requested`` each with counts, TV from uniform over the axis's
+    values and mean per-class TV from uniform; ``agreement`` (share of samples showing the requested
+    value), per class, ``confusion`` (requested -> realised -> count) and ``unmeasured`` (images that
+    show no value, e.g. no colour)."""
+    bad = [a for a in axes if a not in MEASURED_AXES]
+    if bad:
+        raise FactoryError(f"realised balance: {bad} cannot be measured from pixels; measurable: {list(MEASURED_AXES)}")
+    rows = realised_attributes(dataset, axes, levels)
+    report = realised_report(rows, axes, values)
+    out: dict[str, Any] = {}
+    for axis in axes:
+        r = report[axis]
+        vals = [v for v in r["values"] if v != UNMEASURED]
+        req = {c: pc["requested_counts"] for c, pc in r["per_class"].items()}
+        got = {c: {v: n for v, n in pc["realised_counts"].items() if v != UNMEASURED}
+               for c, pc in r["per_class"].items()}
+        out[axis] = {
+            "realised": _balance(sum((Counter(c) for c in got.values()), Counter()), got, vals),
+            "requested": _balance(sum((Counter(c) for c in req.values()), Counter()), req, vals),
+            "agreement": r["agreement"],
+            "per_class_agreement": {c: pc["agreement"] for c, pc in r["per_class"].items()},
+            "confusion": r["confusion"],
+            "unmeasured": int(sum(pc["realised_counts"].get(UNMEASURED, 0) for pc in r["per_class"].values())),
+            "samples": len(rows),
+        }
+    return out
+
+
+def balance_fields(dataset: Dataset | Path | str, requested: Mapping[str, Mapping[str, Any]],
+                   levels: Levels | None = None) -> dict[str, Any]:
+    """An evaluation row's attribute-balance fields, from :func:`attribute_balance` of the requested
+    attributes (``requested``: axis -> its result): ``attribute_balance`` (axis -> TV from uniform of
+    the REALISED values, measured from pixels; None for an axis pixels cannot measure),
+    ``attribute_balance_requested`` (axis -> TV of the requested values) and ``attribute_agreement``
+    (axis -> share of images showing the requested value)."""
+    measurable = [a for a in requested if a in MEASURED_AXES]
+    realised = realised_balance(dataset, measurable, levels=levels) if measurable else {}
+    return {"attribute_balance": {a: realised[a]["realised"]["tv_from_uniform"] if a in realised else None
+                                  for a in requested},
+            "attribute_balance_requested": {a: v["tv_from_uniform"] for a, v in requested.items()},
+            "attribute_agreement": {a: realised[a]["agreement"] if a in realised else None for a in requested}}

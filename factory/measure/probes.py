@@ -1,5 +1,6 @@
 """Linear probes of a frozen encoder: features, a logistic-regression probe on real data, few-shot subsets;
-and the contrastive benchmark of a pool (each method's encoder trained on it, then probed on real data).
+and the contrastive benchmark of a pool (each method's encoder trained on it once per seed, then probed
+on real data: fit on real train, scored on real test; the probe's ``C`` is a fixed setting, not tuned).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 from factory.config import ContrastiveConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
+from factory.core.stats import seed_summary
 from factory.data.loader import load_pool_tensors
 from factory.data.pools import read_pool
 from factory.train.classifier import detect_mode
-from factory.train.contrastive import ContrastiveEncoder, train_contrastive
+from factory.train.contrastive import GROUPED, ContrastiveEncoder, train_contrastive
 from factory.train.reference import load_split
 
 log = logging.getLogger(__name__)
@@ -91,33 +93,56 @@ def few_shot_indices(labels: Sequence[int] | torch.Tensor, per_class: int, seed:
 
 def contrastive_benchmark(pool: Mapping[str, Any] | str | Path, train: Dataset | str | Path,
                           test: Dataset | str | Path, base: ContrastiveConfig, methods: Sequence[str],
-                          per_class: int = FEW_SHOT) -> dict[str, Any]:
-    """An encoder of each of ``methods`` (SimCLR, StableRep, StableRep+) trained on ``pool`` with ``base``,
+                          seeds: Sequence[int] = (0,), per_class: int = FEW_SHOT) -> dict[str, Any]:
+    """An encoder of each of ``methods`` trained on ``pool`` with ``base`` once per seed of ``seeds``,
     scored by a linear probe fit on all of the REAL ``train`` split and one fit on ``per_class`` real
-    images per class, both tested on the REAL ``test`` split. The StableRep methods are skipped (with the
-    reason) when no prompt group of the pool has two images. JSON-ready; each method's ``seconds`` is
-    wall-clock time."""
+    images per class (drawn with the run's seed), both tested on the REAL ``test`` split.
+
+    Per method: ``top1`` and ``top1_<k>shot`` (the means over seeds) with ``_mean``, ``_ci95`` and
+    ``_per_seed`` (:func:`factory.core.stats.seed_summary`), ``per_class`` (means), ``synthetic_share``
+    (the share of synthetic images among those drawn into batches, mean over seeds; a pool sample with a
+    prompt text is synthetic). The grouped methods are skipped (with the reason) when no prompt group of
+    the pool has two images. JSON-ready; ``seconds`` is wall-clock time (all seeds)."""
+    if not seeds:
+        raise FactoryError("contrastive benchmark: no seeds")
     pool = read_pool(pool) if isinstance(pool, (str, Path)) else dict(pool)
     mode = detect_mode(pool)
-    x, _, groups, texts, _ = load_pool_tensors(pool, image_size=base.image_size, mode=mode)
+    x, labels, groups, texts, _ = load_pool_tensors(pool, image_size=base.image_size, mode=mode)
+    synthetic = [bool(t) for t in texts]  # the loader gives a real sample the text ""
     train_x, train_y, _, classes = load_split(train, base.image_size, mode)
     test_x, test_y, _, _ = load_split(test, base.image_size, mode)
-    shots = few_shot_indices(train_y, per_class, base.seed)
     multi = len(set(groups)) < len(groups)
+    shot = f"top1_{per_class}shot"
     results = {"pool": pool["name"], "n_train": len(x), "synthetic_fraction": pool["synthetic_fraction"],
-               "config": base.to_dict(), "methods": {}}
+               "seeds": list(seeds), "config": base.to_dict(), "methods": {}}
     for method in methods:
-        if method != "simclr" and not multi:
+        if method in GROUPED and not multi:
             results["methods"][method] = {"skipped": "no prompt group has two images in this pool"}
             log.info("contrastive %s %s: skipped (no multi-image prompt groups)", pool["name"], method)
             continue
-        cfg = base.replace(method=method)
-        encoder, info = train_contrastive(x, groups, texts, cfg)
-        probe = linear_probe(encoder, train_x, train_y, test_x, test_y, classes, C=cfg.probe_C)
-        few = linear_probe(encoder, train_x[shots], train_y[shots], test_x, test_y, classes, C=cfg.probe_C)
-        results["methods"][method] = {"top1": round(probe["top1"], 6), "per_class": probe["per_class"],
-                                      f"top1_{per_class}shot": round(few["top1"], 6),
-                                      "final_loss": info.get("final_loss"), "seconds": info.get("seconds")}
-        log.info("contrastive %s %s: linear-probe top-1 %.4f, %d-shot %.4f", pool["name"], method,
-                 probe["top1"], per_class, few["top1"])
+        runs = []
+        for seed in seeds:
+            cfg = base.replace(method=method, seed=seed)
+            encoder, info = train_contrastive(x, groups, texts, cfg, labels=labels, synthetic=synthetic)
+            shots = few_shot_indices(train_y, per_class, seed)
+            probe = linear_probe(encoder, train_x, train_y, test_x, test_y, classes, C=cfg.probe_C)
+            few = linear_probe(encoder, train_x[shots], train_y[shots], test_x, test_y, classes, C=cfg.probe_C)
+            runs.append((info, probe, few))
+            log.info("contrastive %s %s seed %d: linear-probe top-1 %.4f, %d-shot %.4f (%.1f s)", pool["name"],
+                     method, seed, probe["top1"], per_class, few["top1"], info["seconds"])
+        top1 = seed_summary("top1", [p["top1"] for _, p, _ in runs], seeds)
+        top1_few = seed_summary(shot, [f["top1"] for _, _, f in runs], seeds)
+        per_cls = {c: round(float(np.mean([p["per_class"][c] for _, p, _ in runs])), 6)
+                   for c in runs[0][1]["per_class"]}
+        shares = [i["synthetic_share"] for i, _, _ in runs if i["synthetic_share"] is not None]
+        info = runs[0][0]
+        results["methods"][method] = {
+            "seeds": list(seeds), "top1": top1["top1_mean"], shot: top1_few[f"{shot}_mean"], **top1, **top1_few,
+            "per_class": per_cls,
+            "synthetic_share": round(float(np.mean(shares)), 6) if shares else None,
+            "groups": info["groups"], "single_image_groups": info["single_image_groups"],
+            "final_loss_per_seed": [i["final_loss"] for i, _, _ in runs],
+            "seconds": round(sum(i["seconds"] for i, _, _ in runs), 2),
+            "seconds_per_step": round(float(np.mean([i["seconds_per_step"] for i, _, _ in runs])), 4),
+        }
     return results

@@ -12,7 +12,9 @@ import html
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from factory.core.errors import FactoryError
 from factory.core.files import read_json
+from factory.core.stats import overlaps
 
 
 def _read(path: Path) -> Any:
@@ -42,8 +44,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def load_metrics(pools: Sequence[str] = (), contrastive_pools: Sequence[str] = (), *,
                  classifier: Path | str | None = None, contrastive: Path | str | None = None,
                  evaluate: Path | str | None = None, bias: Path | str | None = None,
-                 curate: Path | str | None = None, classifier_timings: Path | str | None = None
-                 ) -> dict[str, Any]:
+                 curate: Path | str | None = None, classifier_timings: Path | str | None = None,
+                 baselines: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The metrics the report shows. ``classifier``, ``contrastive`` and ``classifier_timings`` are folders of
     ``<pool>.json`` files (one per name of ``pools`` or ``contrastive_pools``), the others files; a file
     that is not there reads as None (shown as missing), a folder or file not given leaves its table out."""
@@ -57,6 +59,7 @@ def load_metrics(pools: Sequence[str] = (), contrastive_pools: Sequence[str] = (
         "bias": None if bias is None else _read(Path(bias)),
         "curate": None if curate is None else _read(Path(curate)),
         "timings": {"classifier": each(classifier_timings, pools)},
+        "baselines": dict(baselines or {}),
     }
 
 
@@ -67,11 +70,28 @@ def fraction_rows(classifier: Mapping[str, Any], pools: Sequence[str]) -> list[d
     return sorted(rows, key=lambda r: (r["synthetic_fraction"], r["pool"]))
 
 
-def _probe_cell(m: Mapping[str, Any] | None) -> str:
-    if m is None or "skipped" in m:
-        return "skipped"
-    few = next((v for k, v in m.items() if k.startswith("top1_") and k.endswith("shot")), None)
-    return _pct(m["top1"]) + ("" if few is None else f" / {_pct(few)}")
+def _pct_ci(m: Mapping[str, Any], metric: str) -> str:
+    """``97.1% [96.5, 97.7]`` from ``<metric>`` (or ``<metric>_mean``) and ``<metric>_ci95``."""
+    v = m.get(f"{metric}_mean", m.get(metric))
+    ci = m.get(f"{metric}_ci95")
+    return _pct(v) + ("" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+
+
+def _seeds(m: Mapping[str, Any]) -> str:
+    seeds = m.get("seeds")
+    return "1" if not seeds else str(len(seeds))
+
+
+def compare(m: Mapping[str, Any], base: Mapping[str, Any] | None, metric: str = "top1") -> str:
+    """``-0.4 pt vs real, within noise`` (intervals overlap), or ``above``/``below`` when they do not."""
+    if not base:
+        return ""
+    a, b = m.get(f"{metric}_mean", m.get(metric)), base.get(f"{metric}_mean", base.get(metric))
+    if a is None or b is None:
+        return "n/a"
+    verdict = overlaps(m.get(f"{metric}_ci95"), base.get(f"{metric}_ci95"))
+    word = "no interval" if verdict is None else "within noise" if verdict else ("above" if a > b else "below")
+    return f"{100 * (a - b):+.1f} pt, {word}"
 
 
 _DIGITS = {"fd": 4, "kid": 4}
@@ -117,9 +137,9 @@ def evaluation_section(ev: Mapping[str, Any]) -> list[str]:
         rows.append([floor["label"], floor["samples"], "", "", ""] + [_with_ci(floor, k) for k in _METRICS] + ["", ""])
     for name, d in datasets:
         rows.append([name, d["samples"], _fmt(d.get("guidance_scale"), 1), _pct(d.get("recognition")),
-                     _pct(d.get("cas"))] + [_with_ci(d, k) for k in _METRICS]
+                     _pct_ci(d, "cas") if d.get("cas") is not None else "n/a"] + [_with_ci(d, k) for k in _METRICS]
                     + [_fmt(d["class_balance_tv"]), _within_noise(d)])
-    out.append(table(["dataset", "images", "guidance", "recognition", "CAS", "FD", "KID", "precision", "recall",
+    out.append(table(["dataset", "images", "guidance", "recognition", "CAS [95% CI]", "FD", "KID", "precision", "recall",
                       "density", "coverage", "class TV", "within noise of the floor"], rows))
     out.append("")
     if floor and floor.get("note"):
@@ -137,48 +157,96 @@ def evaluation_section(ev: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _pt_ci(d: Mapping[str, Any], metric: str) -> str:
+    """A difference in points with its interval: ``+31.1 pt [20.3, 41.9]``."""
+    v = d.get(f"{metric}_mean", d.get(metric))
+    if v is None:
+        return "n/a"
+    ci = d.get(f"{metric}_ci95")
+    return f"{100 * v:+.1f} pt" + ("" if not ci else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]")
+
+
+def bias_section(bias: Mapping[str, Any]) -> list[str]:
+    """The bias benchmark: every pool on val (where the study's design is judged) and on test (reported),
+    means over training seeds with intervals; the realised colour balance of the synthetic sets."""
+    out = ["## Bias benchmark (coloured digits)", "",
+           f"Train split: colour = the class's colour for {_pct(bias['train_correlation'])} of images; "
+           f"val: {_pct(bias.get('val_correlation'))}, test: {_pct(bias['test_correlation'])} (colour independent "
+           f"of class). The study's design is judged on {bias.get('chosen_on', 'val')}; test is reported. Means over "
+           f"{len(bias.get('seeds') or [0])} training seeds, in brackets the 95% interval.", ""]
+    rows = []
+    for p, r in bias["pools"].items():
+        val, test = r.get("val") or {}, r.get("test") or r
+        rows.append([p, r["n_train"], _pct(r["synthetic_fraction"]), _pct_ci(val, "top1"), _pct_ci(test, "top1"),
+                     _pct_ci(test, "consistent_top1"), _pct_ci(test, "flipped_top1"), _pt_ci(test, "gap")])
+    out.append(table(["pool", "training images", "synthetic share", "val top-1", "test top-1",
+                      "test colour-consistent", "test colour-flipped", "test gap"], rows))
+    out.append("")
+    syn = bias.get("synthetic") or {}
+    if syn:
+        out += ["Colour the synthetic images show (stroke colour measured from pixels) against the colour their "
+                "prompts asked for:", ""]
+        out.append(table(["synthetic set", "images", "shows the requested colour", "no colour",
+                          "per-class TV from uniform: shown", "asked"],
+                         [[name, s.get("samples"), _pct(s.get("agreement")), s.get("unmeasured"),
+                           _fmt((s.get("realised") or {}).get("tv_mean_per_class")),
+                           _fmt((s.get("requested") or {}).get("tv_mean_per_class"))]
+                          for name, s in syn.items()]))
+        out.append("")
+    return out
+
+
 def render(m: Mapping[str, Any]) -> str:
     """The Markdown results page."""
     out = ["# Results", ""]
     cls, seconds = m["classifier"], m.get("timings", {}).get("classifier", {})
+    baselines = m.get("baselines") or {}
     if cls:
         out += ["## Classifiers trained on each pool, tested on the REAL test split", "",
-                "Synthetic-only pools give the Classification Accuracy Score (CAS).", ""]
-        out.append(table(["pool", "training images", "synthetic share", "real-test top-1", "seconds"],
-                         [[p, c["n_train"], _pct(c["synthetic_fraction"]), _pct(c["top1"]),
-                           _fmt((seconds.get(p) or {}).get("seconds"), 0)]
-                          if c else [p, "missing", "", "", ""] for p, c in cls.items()]))
+                "Synthetic-only pools give the Classification Accuracy Score (CAS). Each top-1 is the mean over "
+                "training seeds (the pool's draw fixed), in brackets its 95% Student-t interval; a pool is compared "
+                "with its baseline pool, and called within noise when the two intervals overlap.", ""]
+        rows = []
+        for p, c in cls.items():
+            if not c:
+                rows.append([p, "missing", "", "", "", "", ""])
+                continue
+            base = baselines.get(p)
+            rows.append([p, c["n_train"], _pct(c["synthetic_fraction"]), _pct_ci(c, "top1"), _seeds(c),
+                         f"{compare(c, cls.get(base))} ({base})" if base and cls.get(base) else "",
+                         _fmt((seconds.get(p) or {}).get("seconds"), 0)])
+        out.append(table(["pool", "training images", "synthetic share", "real-test top-1 [95% CI]", "seeds",
+                          "vs baseline", "seconds"], rows))
         out.append("")
     con = m["contrastive"]
     if con:
-        methods = sorted({k for c in con.values() if c for k in c["methods"]},
-                         key=lambda k: ["simclr", "stablerep", "stablerep_plus"].index(k)
-                         if k in ("simclr", "stablerep", "stablerep_plus") else 9)
         out += ["## Contrastive encoders: linear-probe top-1 on the real test split", "",
-                "Each cell: probe fit on all real train images / on 10 real images per class.", ""]
+                "Probes fit on all real train images and on 10 real images per class; means over training seeds, "
+                "in brackets the 95% interval. The synthetic share counts the images the method actually drew "
+                "into its batches.", ""]
         rows = []
         for p, c in con.items():
             if not c:
-                rows.append([p, "missing"] + [""] * (len(methods) - 1))
+                rows.append([p, "missing", "", "", "", ""])
                 continue
-            rows.append([f"{p} ({c['n_train']} images)"] + [_probe_cell(c["methods"].get(k)) for k in methods])
-        out.append(table(["pool"] + methods, rows))
+            for method, r in c["methods"].items():
+                if "skipped" in r:
+                    rows.append([p, method, "", "", f"skipped ({r['skipped']})", ""])
+                    continue
+                few = next((k[:-5] for k in r if k.startswith("top1_") and k.endswith("shot_mean")),
+                           next((k for k in r if k.startswith("top1_") and k.endswith("shot")), None))
+                share = r.get("effective_synthetic_share", c.get("synthetic_fraction"))
+                rows.append([p, method, _pct(share), _seeds(r), _pct_ci(r, "top1"),
+                             "n/a" if few is None else _pct_ci(r, few)])
+        out.append(table(["pool", "method", "synthetic share", "seeds", "linear probe [95% CI]",
+                          "10-shot probe [95% CI]"], rows))
         out.append("")
     ev = m["evaluate"]
     if ev:
         out += evaluation_section(ev)
     bias = m["bias"]
     if bias:
-        out += ["## Bias benchmark (coloured digits)", "",
-                f"Train split: colour = the class's colour for {_pct(bias['train_correlation'])} of images; "
-                f"test split: {_pct(bias['test_correlation'])} (colour independent of class).", ""]
-        out.append(table(["pool", "training images", "synthetic share", "test top-1", "colour-consistent",
-                          "colour-flipped", "gap"],
-                         [[p, r["n_train"], _pct(r["synthetic_fraction"]), _pct(r["top1"]),
-                           _pct(r["consistent_top1"]), _pct(r["flipped_top1"]),
-                           "n/a" if r["gap"] is None else f"{100 * r['gap']:+.1f} pt"]
-                          for p, r in bias["pools"].items()]))
-        out.append("")
+        out += bias_section(bias)
     cur = m["curate"]
     if cur:
         th = (cur.get("filter") or {}).get("thresholds") or {}
@@ -189,6 +257,12 @@ def render(m: Mapping[str, Any]) -> str:
                         len(cur.get("leaks") or []), _pct(cur.get("memorization_rate")),
                         ", ".join(f"{k} {_fmt(v)}" for k, v in th.items() if isinstance(v, (int, float)))]]),
                 ""]
+        cal = cur.get("calibration")
+        if cal:
+            shares = cal.get("reject_share") or {}
+            out += [f"Thresholds calibrated on {cal.get('split')} ({cal.get('n')} real images scored against "
+                    f"captions of the samples' form, percentile {_fmt(cal.get('percentile'), 1)}); they would "
+                    "reject " + ", ".join(f"{_pct(v)} of real {k}" for k, v in shares.items()) + ".", ""]
     return "\n".join(out)
 
 
@@ -227,3 +301,32 @@ def to_html(markdown: str) -> str:
         body.append("</table>")
     style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:.2em .6em;border:1px solid #ccc}"
     return f"<!doctype html><meta charset=utf-8><title>Results</title><style>{style}</style>\n" + "\n".join(body) + "\n"
+
+
+RESULTS_BEGIN = "<!-- reports/results.md begins: `make readme` copies it here, tests/test_results.py checks -->"
+RESULTS_END = "<!-- reports/results.md ends -->"
+
+
+def results_block(results_md: str) -> str:
+    """What the README quotes of ``reports/results.md``: all of it but its title line."""
+    lines = results_md.strip("\n").splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join(lines).strip("\n")
+
+
+def readme_with_results(readme: str, results_md: str) -> str:
+    """``readme`` with the text between :data:`RESULTS_BEGIN` and :data:`RESULTS_END` replaced by
+    :func:`results_block` of ``results_md``."""
+    if readme.count(RESULTS_BEGIN) != 1 or readme.count(RESULTS_END) != 1:
+        raise FactoryError(f"README: expected one {RESULTS_BEGIN!r} and one {RESULTS_END!r} line")
+    head, rest = readme.split(RESULTS_BEGIN)
+    _, tail = rest.split(RESULTS_END)
+    return f"{head}{RESULTS_BEGIN}\n\n{results_block(results_md)}\n\n{RESULTS_END}{tail}"
+
+
+def quoted_results(readme: str) -> str:
+    """The results block the README quotes now."""
+    if readme.count(RESULTS_BEGIN) != 1 or readme.count(RESULTS_END) != 1:
+        raise FactoryError(f"README: expected one {RESULTS_BEGIN!r} and one {RESULTS_END!r} line")
+    return readme.split(RESULTS_BEGIN)[1].split(RESULTS_END)[0].strip("\n")

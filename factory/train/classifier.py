@@ -7,15 +7,20 @@ on mixes, it says whether synthetic data helps a real task.
 Architectures: ``cnn`` (the small CNN of :mod:`factory.train.reference`, the default for 16x16 digits) and
 torchvision ResNets (``resnet18``, ``resnet34``, ``resnet50``) adapted to small inputs the usual way
 (CIFAR-style stem: 3x3 stride-1 first convolution, no max-pool). Training streams the pool through
-:class:`factory.data.loader.PoolStream` and augments each batch (:mod:`factory.data.augment`); every epoch's loss and real-test
-accuracy can be logged to a dvclive ``Live``.
+:class:`factory.data.loader.PoolStream` (every batch a mix of the pool's sources and classes) and augments
+each batch (:mod:`factory.data.augment`); every ``eval_every`` steps the loss and real-test accuracy can be
+logged to a dvclive ``Live``.
+
+Seeds: :func:`train_classifier_seeds` trains one classifier per training seed (``classifier.seeds``, offsets
+from ``classifier.seed``) on the same pool draw (only the initialisation, the batch order and the
+augmentation change) and reports the mean with a Student-t 95% interval (:mod:`factory.core.stats`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +28,7 @@ from torch import nn
 from factory.config import ClassifierConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
+from factory.core.stats import mean_ci95, seed_summary
 from factory.data.augment import augment
 from factory.data.loader import PoolStream, make_loader
 from factory.data.pools import read_pool
@@ -95,7 +101,7 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if live is not None:
         for k, v in cfg.to_dict().items():
-            live.log_param(f"classifier.{k}", v)
+            live.log_param(f"classifier.{k}", list(v) if isinstance(v, tuple) else v)
     loop, history, result = Loop("train_classifier", cfg.steps, progress=progress, logger=log), [], {}
     step, epoch, seen, running, running_n = 0, 0, 0, 0.0, 0
     while step < cfg.steps:
@@ -150,3 +156,100 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
         "history": history,
     }
     return model, metrics
+
+
+OnModel = Callable[[int, nn.Module, Mapping[str, Any]], Mapping[str, float]]
+
+
+def train_classifier_seeds(pool: Mapping[str, Any] | str | Path, test: Dataset | str | Path, cfg: ClassifierConfig,
+                           seeds: Sequence[int] | None = None, *, live: Any = None,
+                           progress: Progress | None = None, on_model: OnModel | None = None) -> dict[str, Any]:
+    """One classifier per training seed on ``pool`` (the same draw for all), each tested on the real ``test``
+    split; the metrics summarised over the seeds. JSON-ready.
+
+    ``seeds``: the training seeds (default ``cfg.training_seeds()``: ``cfg.seed`` plus each of ``cfg.seeds``).
+    Returned: ``seeds``; ``top1_mean``, ``top1_ci95`` (``[lo, hi]``, Student-t over the seeds, ``None`` for
+    one seed) and ``top1_per_seed``; ``top1`` equal to ``top1_mean`` (what the report and the plots read);
+    ``per_class`` (mean over the seeds) and ``per_class_ci95``; ``history`` (per evaluation step, the mean
+    loss and top-1 and the top-1 of each seed); the pool's and the run's facts as :func:`train_classifier`
+    gives them; ``seconds`` and ``images_per_second`` over all seeds (wall-clock fields: the stage writes
+    them to the timings file, not the metrics).
+
+    ``on_model(seed, model, metrics)``: more per-seed numbers from each trained model (e.g. the accuracy on a
+    part of the test split), a mapping ``name -> value``; each name is summarised like top-1, as
+    ``<name>_mean``, ``<name>_ci95`` and ``<name>_per_seed`` (within [0, 1]; ``None`` values make the
+    summary ``None``). ``live``: gets the parameters and, after the last seed, one step per evaluation
+    with ``train/loss`` and ``test/top1`` (the means over seeds) and ``seed<s>/train/loss``,
+    ``seed<s>/test/top1`` for each seed ``s``.
+    """
+    pool = read_pool(pool) if isinstance(pool, (str, Path)) else dict(pool)
+    seeds = [int(s) for s in (cfg.training_seeds() if seeds is None else seeds)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise FactoryError(f"pool {pool['name']}: training seeds must be distinct and at least one; got {seeds}")
+    if cfg.mode == "auto":
+        cfg = cfg.model_copy(update={"mode": detect_mode(pool)})
+    runs, extras = [], []
+    for s in seeds:
+        model, m = train_classifier(pool, test, cfg.model_copy(update={"seed": s}), progress=progress)
+        extras.append(dict(on_model(s, model, m)) if on_model is not None else {})
+        runs.append(m)
+        log.info("pool %s seed %d: real-test top-1 %.4f", pool["name"], s, m["top1"])
+    summary = summarise_seeds(runs, seeds, extras)
+    if live is not None:
+        _log_seeds(live, cfg, seeds, summary["history"], runs)
+    return summary
+
+
+def _mean_or_none(values: Sequence[float | None]) -> tuple[float | None, list[float] | None]:
+    if any(v is None for v in values):
+        return None, None
+    mean, ci = mean_ci95(values, bounds=(0.0, 1.0))
+    return round(mean, 6), None if ci is None else [round(ci[0], 6), round(ci[1], 6)]
+
+
+def summarise_seeds(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int],
+                    extras: Sequence[Mapping[str, float | None]] | None = None) -> dict[str, Any]:
+    """The summary of :func:`train_classifier_seeds` from each seed's :func:`train_classifier` metrics."""
+    first = runs[0]
+    out: dict[str, Any] = {"pool": first["pool"], "seeds": list(seeds)}
+    out.update(seed_summary("top1", [r["top1"] for r in runs], seeds))
+    out["top1"] = out["top1_mean"]
+    per_class, per_class_ci = {}, {}
+    for c in first["per_class"]:
+        per_class[c], per_class_ci[c] = _mean_or_none([r["per_class"][c] for r in runs])
+    out.update(per_class=per_class, per_class_ci95=per_class_ci)
+    for name in dict.fromkeys(k for e in (extras or []) for k in e):
+        values = [e.get(name) for e in extras]
+        if any(v is None for v in values):
+            out.update({f"{name}_mean": None, f"{name}_ci95": None, f"{name}_per_seed": values})
+        else:
+            out.update(seed_summary(name, values, seeds))
+    for key in ("n_train", "n_test", "synthetic_fraction", "test", "arch", "mode", "steps"):
+        out[key] = first[key]
+    out["epochs"] = round(sum(r["epochs"] for r in runs) / len(runs), 2)
+    history = []
+    for rows in zip(*(r["history"] for r in runs)):
+        history.append({"step": rows[0]["step"], "epoch": rows[0]["epoch"],
+                        "train_loss": round(sum(h["train_loss"] for h in rows) / len(rows), 6),
+                        "test_top1": round(sum(h["test_top1"] for h in rows) / len(rows), 6),
+                        "test_top1_per_seed": [h["test_top1"] for h in rows]})
+    out["history"] = history
+    seconds = sum(r["seconds"] for r in runs)
+    seen = sum(r["images_per_second"] * r["seconds"] for r in runs)
+    out["seconds"] = round(seconds, 1)
+    out["images_per_second"] = round(seen / seconds, 1) if seconds > 0 else None
+    return out
+
+
+def _log_seeds(live: Any, cfg: ClassifierConfig, seeds: Sequence[int], history: Sequence[Mapping[str, Any]],
+               runs: Sequence[Mapping[str, Any]]) -> None:
+    for k, v in cfg.to_dict().items():
+        live.log_param(f"classifier.{k}", list(v) if isinstance(v, tuple) else v)
+    live.log_param("classifier.training_seeds", list(seeds))
+    for i, row in enumerate(history):
+        live.log_metric("train/loss", row["train_loss"])
+        live.log_metric("test/top1", row["test_top1"])
+        for s, r in zip(seeds, runs):
+            live.log_metric(f"seed{s}/train/loss", r["history"][i]["train_loss"])
+            live.log_metric(f"seed{s}/test/top1", r["history"][i]["test_top1"])
+        live.next_step()

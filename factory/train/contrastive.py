@@ -1,20 +1,48 @@
-"""Contrastive image encoders (SimCLR, StableRep, StableRep+) and a linear probe on real data.
+"""Contrastive image encoders (SimCLR, StableRep, StableRep+, and two controls) and what they train on.
 
 The question this module answers: is a pool of synthetic images a good source for *self-supervised*
 representation learning? An encoder is trained on in-memory image tensors (``(N, C, H, W)`` in [-1, 1],
-as :func:`factory.recognition.images_to_tensor` makes them) with one of three objectives, then frozen
-and scored by a logistic-regression probe trained and tested on real labelled images.
+as :func:`factory.recognition.images_to_tensor` makes them) with one of these objectives, then frozen
+and scored by a logistic-regression probe trained and tested on real labelled images
+(:mod:`factory.measure.probes`).
 
 - ``simclr``: two augmented views of each image are positives, every other view a negative
-  (NT-Xent; Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations",
-  https://arxiv.org/abs/2002.05709).
-- ``stablerep``: images generated from the same prompt (a *group*) are positives of one another; a batch
-  holds whole groups and each image is augmented once (multi-positive contrastive loss; Tian et al. 2023,
-  "StableRep: Synthetic Images from Text-to-Image Models Make Strong Visual Representation Learners",
-  https://arxiv.org/abs/2306.00984).
-- ``stablerep_plus``: StableRep plus a CLIP-style image-text term against the prompts (StableRep+ in the
-  same paper), with a tiny bag-of-words text encoder; the text tower is a training signal only and is
-  not returned.
+  (NT-Xent; Chen et al. 2020, https://arxiv.org/abs/2002.05709).
+- ``stablerep``: images generated from the same prompt are positives of one another (multi-positive
+  contrastive loss; Tian et al. 2023, "StableRep", https://arxiv.org/abs/2306.00984). A batch holds whole
+  prompt groups (see :mod:`factory.train.groups`); an image alone in its group (the real images of a
+  mixed pool) enters as two augmented views of itself, so real images are trained on, not dropped.
+- ``stablerep_plus``: StableRep plus an image-text term against the prompts (StableRep+ in the same
+  paper). One caption id, the prompt group, serves both terms: images of a group are positives of one
+  another and of their group's caption; another group is a negative in both terms even when its text is
+  the same string. The image-image term reads the SSL head (:attr:`ContrastiveEncoder.head`), the
+  image-text term a separate linear image projection (:class:`ImageTextHead`), as in the reference.
+- ``supcon`` (control, label-supervised): SimCLR's batches, with every image of the same *class* a
+  positive (Khosla et al. 2020, https://arxiv.org/abs/2004.11362): what labels buy, an upper reference.
+- ``random_groups`` (control): StableRep on the same images dealt into random groups of the prompt
+  groups' sizes: what is left of StableRep when the prompt identity is taken away.
+
+Where this differs from the reference implementation (google-research/syn-rep-learn, ``StableRep/``):
+
+- The reference draws ``n_img`` (6 of 10, or 2 of 2) images of every caption of a batch and, with
+  ``--num_crop``, several crops of each; the batch size counts captions. Here a batch is filled with whole
+  groups up to ``batch_size`` views, at most ``images_per_group`` images of a group, one view each, and a
+  single-image group gives two views of its image (the reference has no single-image captions).
+- The reference's caption labels are the caption's index in the batch (``label = arange(batch)``), so a
+  repeated caption text elsewhere in the batch is a negative; here the label is the plan's group id, the
+  same thing for a plan whose groups are its prompts.
+- The reference's text tower is CLIP's 12-layer transformer on BPE tokens; here a bag-of-words encoder
+  (mean of word embeddings, linear map). Its input is the caption as generated, which names the class
+  and the style (e.g. "a thin, left-slanted handwritten 3"): the image-text term therefore carries the
+  class label, as the reference's captions carry object names. StableRep+ is label-informed; compare it
+  with ``supcon``, not only with SimCLR.
+- The reference's SSL head is a 3-layer MLP (4096 wide, 256 out) with synchronised batch norm applied
+  per view; here SimCLR's 2-layer MLP on the CNN's features, one batch norm over the batch. Its
+  image-text projection is linear (the reference's default ``--vl-projection linear``); its weights
+  ``w1 = w2 = 1`` (``text_weight`` here), temperature 0.1 and CLIP's learnable logit scale are the same.
+- The reference trains ViTs for 15-35 epochs on millions of captions; here a 70k-parameter CNN for a few
+  hundred steps on thousands of 16x16 images: the ranking of methods, not their absolute numbers, is the
+  result.
 
 Everything is CPU-sized: the default data are 1-3k images of 16x16, the encoder about 70k parameters.
 """
@@ -35,6 +63,7 @@ from factory.config import ContrastiveConfig
 from factory.core.errors import FactoryError
 from factory.core.modelfolder import ModelFolder
 from factory.data.augment import augment
+from factory.train.groups import Batch, GroupBatches, caption_targets, group_ids, random_units, units_of
 from factory.train.loop import Loop, Progress, count_parameters, optimize, seeded, torch_threads, warmup_lr
 
 log = logging.getLogger(__name__)
@@ -132,6 +161,19 @@ class BagOfWordsEncoder(nn.Module):
         return F.normalize(self.proj(self.embed(ids, offsets)), dim=-1)
 
 
+class ImageTextHead(nn.Module):
+    """StableRep+'s image side of the image-text term: a linear projection of the encoder's features
+    (the reference's default ``--vl-projection linear``), apart from the SSL head the image-image term
+    reads, L2-normalised."""
+
+    def __init__(self, feature_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(feature_dim, embed_dim, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(features), dim=-1)
+
+
 def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """NT-Xent (Chen et al. 2020, eq. 1): for the ``2B`` views ``[z1; z2]`` (L2-normalised, ``(B, D)``
     each), view ``i``'s positive is the other view of its image and its negatives are the other
@@ -145,21 +187,6 @@ def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) ->
     logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(logits, target)
-
-
-def _group_ids(groups: Sequence[Any] | torch.Tensor, n: int, where: str) -> torch.Tensor:
-    """Group labels of any hashable kind -> ``(n,)`` long tensor of ids (equal labels, equal ids)."""
-    if isinstance(groups, torch.Tensor):
-        if groups.ndim != 1 or groups.is_floating_point() or groups.is_complex():
-            raise FactoryError(f"{where}: groups must be a 1-D integer tensor; "
-                               f"got {groups.dtype} of shape {tuple(groups.shape)}")
-        g = groups.long()
-    else:
-        ids: dict[Any, int] = {}
-        g = torch.tensor([ids.setdefault(v, len(ids)) for v in groups], dtype=torch.long)
-    if len(g) != n:
-        raise FactoryError(f"{where}: {n} embeddings/images but {len(g)} group labels")
-    return g
 
 
 def multi_positive_loss(z: torch.Tensor, groups: Sequence[Any] | torch.Tensor,
@@ -179,7 +206,7 @@ def multi_positive_loss(z: torch.Tensor, groups: Sequence[Any] | torch.Tensor,
     if z.ndim != 2:
         raise FactoryError(f"multi_positive_loss: z must be (N, D); got {tuple(z.shape)}")
     n = z.shape[0]
-    g = _group_ids(groups, n, "multi_positive_loss").to(z.device)
+    g = group_ids(groups, n, "multi_positive_loss").to(z.device)
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     positive = (g[:, None] == g[None, :]) & ~eye
     n_pos = positive.sum(1)
@@ -238,103 +265,140 @@ def _check_images(images: torch.Tensor, cfg: ContrastiveConfig) -> None:
         raise FactoryError(f"train_contrastive: {len(images)} image(s); a contrastive loss needs at least 2")
 
 
+GROUPED = ("stablerep", "stablerep_plus", "random_groups")  # batches of whole groups (factory.train.groups)
+
+
+def stablerep_plus_losses(encoder: ContrastiveEncoder, image_text: ImageTextHead, text_encoder: BagOfWordsEncoder,
+                          x: torch.Tensor, batch: Batch, captions: Sequence[str], temperature: float,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """StableRep+'s two terms on the views ``x`` of ``batch``: the multi-positive image-image loss on
+    the SSL head (positives: the views of one unit) and the image-text loss on the separate image-text
+    head against the units' captions, by unit id (:func:`factory.train.groups.caption_targets`); the
+    second is None when no unit of the batch has a caption."""
+    features = encoder.features(x)
+    image_loss = multi_positive_loss(F.normalize(encoder.head(features), dim=-1), batch.unit, temperature)
+    texts, views, text_index = caption_targets(batch, captions)
+    if not texts:
+        return image_loss, None
+    text_loss = clip_loss(image_text(features[views]), text_encoder(texts), text_encoder.log_logit_scale.exp(),
+                          text_index)
+    return image_loss, text_loss
+
+
+def _prompt_units(groups: Sequence[Any] | torch.Tensor | None, n: int, method: str) -> list[torch.Tensor]:
+    if groups is None:
+        raise FactoryError(f"train_contrastive: method {method} needs a group label per image")
+    units = units_of(groups, n)
+    if not any(len(u) > 1 for u in units):
+        raise FactoryError(f"train_contrastive: method {method}: every group has a single image; StableRep "
+                           f"needs groups with several images (e.g. a synthetic pool made with "
+                           f"images_per_prompt > 1)")
+    return units
+
+
 def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.Tensor | None,
                       texts: Sequence[str] | None, cfg: ContrastiveConfig,
-                      progress: Progress | None = None,
+                      progress: Progress | None = None, *, labels: Sequence[int] | torch.Tensor | None = None,
+                      synthetic: Sequence[bool] | torch.Tensor | None = None,
                       ) -> tuple[ContrastiveEncoder, dict[str, Any]]:
     """Train a :class:`ContrastiveEncoder` on ``images`` ``(N, C, H, W)`` in [-1, 1] with ``cfg.method``.
 
-    ``groups`` (one label per image, e.g. the prompt id; ignored by SimCLR, may be None there) says which
-    images are positives for StableRep; ``texts`` (one per image, its prompt) are StableRep+'s captions.
-    ``progress(step, steps, loss)`` is called after each step. Deterministic for ``cfg.seed`` (and a
-    thread count); the caller's global RNG is left as it was. Returns the encoder in eval mode and a
-    JSON-able summary (method, steps, first/final loss, loss curve, seconds, parameters, ...).
+    ``groups`` (one label per image, the prompt group; used by stablerep, stablerep_plus and
+    random_groups) says which images are positives; ``texts`` (one per image, its prompt; "" for an image
+    without one, e.g. a real image) are StableRep+'s captions; ``labels`` (class per image) are SupCon's
+    positives; ``synthetic`` (a flag per image, optional) gives ``synthetic_share``, the share of
+    synthetic images among the images drawn into batches. ``progress(step, steps, loss)`` is called
+    after each step. Deterministic for ``cfg.seed`` (and a thread count); the caller's global RNG is left
+    as it was. Returns the encoder in eval mode and a JSON-able summary.
     """
     _check_images(images, cfg)
     n = len(images)
     images = images.detach().float().cpu().contiguous()
-    stablerep = cfg.method in ("stablerep", "stablerep_plus")
+    method = cfg.method
+    flags = None if synthetic is None else torch.as_tensor(
+        synthetic.tolist() if isinstance(synthetic, torch.Tensor) else list(synthetic), dtype=torch.bool)
+    if flags is not None and len(flags) != n:
+        raise FactoryError(f"train_contrastive: {n} images but {len(flags)} synthetic flags")
 
-    # 1. the groups and texts StableRep needs
-    members: list[torch.Tensor] = []
-    text_encoder: BagOfWordsEncoder | None = None
-    if stablerep:
-        if groups is None:
-            raise FactoryError(f"train_contrastive: method {cfg.method} needs a group label per image")
-        g = _group_ids(groups, n, "train_contrastive")
-        _, inverse, counts = torch.unique(g, return_inverse=True, return_counts=True)
-        order = torch.argsort(inverse, stable=True)
-        members = [m for m in torch.split(order, counts.tolist()) if len(m) > 1]
-        if not members:
-            raise FactoryError(f"train_contrastive: method {cfg.method}: every group has a single image; StableRep "
-                               f"needs groups with several images (e.g. a synthetic pool made with "
-                               f"images_per_prompt > 1)")
-        if len(members) < 2:
-            raise FactoryError(f"train_contrastive: method {cfg.method}: only one group has several images; "
-                               f"StableRep needs at least 2 (the other groups are its negatives)")
-        if len(members) < len(counts):
-            log.warning("train_contrastive: %d of %d groups have a single image; StableRep does not use "
-                        "those images", len(counts) - len(members), len(counts))
-    if cfg.method == "stablerep_plus":
+    # 1. who is a positive of whom: prompt groups, classes (SupCon) or each image's two views (SimCLR)
+    units = _prompt_units(groups, n, method) if method in GROUPED else []
+    y = None
+    if method == "supcon":
+        if labels is None:
+            raise FactoryError("train_contrastive: method supcon needs a class label per image")
+        y = group_ids(labels.tolist() if isinstance(labels, torch.Tensor) else labels, n, "train_contrastive")
+        if len(torch.unique(y)) < 2:
+            raise FactoryError("train_contrastive: method supcon needs at least 2 classes")
+    if method == "stablerep_plus":
         if texts is None:
             raise FactoryError("train_contrastive: method stablerep_plus needs a text (prompt) per image")
         texts = list(texts)
         if len(texts) != n or not all(isinstance(t, str) for t in texts):
             raise FactoryError(f"train_contrastive: texts must be {n} strings, one per image; got {len(texts)}")
+        if not any(texts):
+            raise FactoryError("train_contrastive: method stablerep_plus needs captions; every text is empty")
 
     with torch_threads(cfg.threads):
         # 2. the models, initialised from the seed without disturbing the caller's global RNG
+        text_encoder: BagOfWordsEncoder | None = None
         with seeded(cfg.seed):
             encoder = ContrastiveEncoder(images.shape[1], cfg.width, cfg.embed_dim, cfg.image_size)
-            if cfg.method == "stablerep_plus":
-                text_encoder = BagOfWordsEncoder.build(texts, cfg.embed_dim)
-        params = list(encoder.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
+            if method == "stablerep_plus":
+                text_encoder = BagOfWordsEncoder.build([t for t in texts if t], cfg.embed_dim)
+                image_text = ImageTextHead(encoder.feature_dim, cfg.embed_dim)
+        params = list(encoder.parameters())
+        if text_encoder is not None:
+            params += list(text_encoder.parameters()) + list(image_text.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)  # batches and augmentations
-        groups_per_batch = cfg.batch_size // cfg.images_per_group
-        max_log_scale = math.log(MAX_LOGIT_SCALE)
+        gen = torch.Generator().manual_seed(cfg.seed)  # random groups, batches and augmentations
+        if method == "random_groups":
+            units = random_units(units, gen)
+        batches = GroupBatches(units, cfg.images_per_group, cfg.batch_size, gen, flags) if units else None
+        captions = [texts[int(u[0])] for u in units] if text_encoder is not None else []
+        drawn = drawn_synthetic = 0  # SimCLR / SupCon batches
         encoder.train()
         loop = Loop("train_contrastive", cfg.steps, progress=progress, logger=log)
         for step in loop:
-            # 3a. the batch: random images (SimCLR) or random whole groups (StableRep)
-            if stablerep:
-                pick = torch.randperm(len(members), generator=gen)[:groups_per_batch].tolist()
-                parts = [members[i][torch.randperm(len(members[i]), generator=gen)[:cfg.images_per_group]]
-                         for i in pick]
-                idx = torch.cat(parts)
-                batch_groups = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor([len(p) for p in parts]))
-            else:
-                idx = torch.randperm(n, generator=gen)[:cfg.batch_size]
-            x = images[idx]
-            # 3b. the loss: two views per image (SimCLR) or one view per image and its group's positives
-            if cfg.method == "simclr":
-                z = encoder(torch.cat([augment(x, gen, noise=cfg.noise), augment(x, gen, noise=cfg.noise)]))
-                loss = simclr_loss(z[:len(x)], z[len(x):], cfg.temperature)
-            else:
-                z = encoder(augment(x, gen, noise=cfg.noise))
-                loss = multi_positive_loss(z, batch_groups, cfg.temperature)
+            if batches is not None:
+                # 3a. whole groups, one view per image (two for an image alone in its group)
+                batch = batches.draw()
+                x = augment(images[batch.images], gen, noise=cfg.noise)
                 if text_encoder is not None:
-                    batch_texts = [texts[i] for i in idx.tolist()]
-                    distinct = sorted(set(batch_texts))
-                    where = {t: i for i, t in enumerate(distinct)}
-                    text_index = torch.tensor([where[t] for t in batch_texts])
-                    loss = loss + cfg.text_weight * clip_loss(z, text_encoder(distinct),
-                                                              text_encoder.log_logit_scale.exp(), text_index)
+                    loss, text_loss = stablerep_plus_losses(encoder, image_text, text_encoder, x, batch, captions,
+                                                            cfg.temperature)
+                    if text_loss is not None:
+                        loss = loss + cfg.text_weight * text_loss
+                else:
+                    loss = multi_positive_loss(encoder(x), batch.unit, cfg.temperature)
+            else:
+                # 3b. random images, two views each: positives are the other view (SimCLR) or the class
+                idx = torch.randperm(n, generator=gen)[:cfg.batch_size]
+                drawn += len(idx)
+                drawn_synthetic += int(flags[idx].sum()) if flags is not None else 0
+                x = images[idx]
+                z = encoder(torch.cat([augment(x, gen, noise=cfg.noise), augment(x, gen, noise=cfg.noise)]))
+                loss = (simclr_loss(z[:len(x)], z[len(x):], cfg.temperature) if y is None
+                        else multi_positive_loss(z, y[idx].repeat(2), cfg.temperature))
             # 3c. the update, with a linear warm-up
             optimize(optimizer, loss, lr=warmup_lr(cfg.lr, step, cfg.warmup_steps))
             if text_encoder is not None:  # 3d. CLIP clamps the logit scale at 100
                 with torch.no_grad():
-                    text_encoder.log_logit_scale.clamp_(0, max_log_scale)
+                    text_encoder.log_logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
             loop.record(loss)
         seconds = loop.seconds
     encoder.eval()
+    if batches is not None:
+        share = batches.synthetic_share if flags is not None else None
+    else:
+        share = drawn_synthetic / drawn if flags is not None and drawn else None
     info: dict[str, Any] = {
-        "method": cfg.method,
+        "method": method,
         "steps": cfg.steps,
         "images": n,
-        "groups": len(members) if stablerep else None,
-        # StableRep: images alone in their group are never in a batch (e.g. the real half of a mixed pool)
-        "unused_images": n - sum(len(m) for m in members) if stablerep else 0,
+        "groups": len(units) if units else None,
+        "single_image_groups": sum(len(u) == 1 for u in units) if units else None,  # two views each
+        "pool_synthetic_share": round(float(flags.float().mean()), 6) if flags is not None else None,
+        "synthetic_share": round(share, 6) if share is not None else None,  # of the images drawn into batches
         "in_channels": int(images.shape[1]),
         "first_loss": round(loop.losses[0], 6),
         "final_loss": round(loop.final_loss(FINAL_LOSS_WINDOW), 6),
@@ -345,10 +409,10 @@ def train_contrastive(images: torch.Tensor, groups: Sequence[int | str] | torch.
         "config": cfg.to_dict(),
     }
     if text_encoder is not None:
-        info["text_parameters"] = count_parameters(text_encoder)
+        info["text_parameters"] = count_parameters(text_encoder) + count_parameters(image_text)
         info["vocab_size"] = len(text_encoder.vocab)
         info["logit_scale"] = round(float(text_encoder.log_logit_scale.detach().exp()), 4)
-    log.info("contrastive encoder (%s): %d steps in %.1f s, loss %.4f -> %.4f", cfg.method, cfg.steps, seconds,
+    log.info("contrastive encoder (%s): %d steps in %.1f s, loss %.4f -> %.4f", method, cfg.steps, seconds,
              info["first_loss"], info["final_loss"])
     return encoder, info
 

@@ -1,0 +1,54 @@
+"""The README's results are those of the committed run: README quotes reports/results.md word for word, and
+reports/results.md and every metrics file are the outputs dvc.lock records for that run (same md5)."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factory.core.errors import FactoryError
+from factory.measure.report import quoted_results, readme_with_results, results_block
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def locked_outputs() -> dict[str, str]:
+    """Every file output (md5) that dvc.lock records, metrics and reports included."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    out = {}
+    for stage in lock["stages"].values():
+        for o in stage.get("outs", []):
+            if "md5" in o and not o["md5"].endswith(".dir"):
+                out[o["path"]] = o["md5"]
+    return out
+
+
+def test_readme_quotes_the_committed_results_md():
+    results = (REPO / "reports/results.md").read_text()
+    assert quoted_results((REPO / "README.md").read_text()) == results_block(results), \
+        "README's results differ from reports/results.md: run `make readme`"
+
+
+def test_results_and_metrics_are_the_locked_run_outputs():
+    locked = locked_outputs()
+    committed = ["reports/results.md", "reports/curate.json", "metrics/evaluate.json", "metrics/bias.json",
+                 *(str(p.relative_to(REPO)) for p in sorted((REPO / "metrics").rglob("*.json")))]
+    for path in committed:
+        assert path in locked, f"{path} is not an output in dvc.lock"
+        assert md5(REPO / path) == locked[path], f"{path} is not the file of the run dvc.lock records"
+
+
+def test_readme_sync_replaces_only_the_block():
+    from factory.measure.report import RESULTS_BEGIN, RESULTS_END
+
+    readme = f"intro\n{RESULTS_BEGIN}\nold\n{RESULTS_END}\nafter\n"
+    new = readme_with_results(readme, "# Results\n\n## A\n\n| x |\n")
+    assert new == f"intro\n{RESULTS_BEGIN}\n\n## A\n\n| x |\n\n{RESULTS_END}\nafter\n"
+    assert quoted_results(new) == results_block("# Results\n\n## A\n\n| x |\n")
+    with pytest.raises(FactoryError, match="expected one"):
+        readme_with_results("no markers", "# Results")
