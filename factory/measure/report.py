@@ -196,51 +196,61 @@ def bias_section(bias: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def classifier_section(cls: Mapping[str, Any], baselines: Mapping[str, str],
+                       seconds: Mapping[str, Any]) -> list[str]:
+    """Each pool's classifier on the real test split: mean top-1 over seeds with its interval, against
+    its baseline pool."""
+    out = ["## Classifiers trained on each pool, tested on the REAL test split", "",
+           "Synthetic-only pools give the Classification Accuracy Score (CAS). Each top-1 is the mean over "
+           "training seeds (the pool's draw fixed), in brackets its 95% Student-t interval; a pool is compared "
+           "with its baseline pool, and called within noise when the two intervals overlap.", ""]
+    rows = []
+    for p, c in cls.items():
+        if not c:
+            rows.append([p, "missing", "", "", "", "", ""])
+            continue
+        base = baselines.get(p)
+        rows.append([p, c["n_train"], _pct(c["synthetic_fraction"]), _pct_ci(c, "top1"), _seeds(c),
+                     f"{compare(c, cls.get(base))} ({base})" if base and cls.get(base) else "",
+                     _fmt((seconds.get(p) or {}).get("seconds"), 0)])
+    out.append(table(["pool", "training images", "synthetic share", "real-test top-1 [95% CI]", "seeds",
+                      "vs baseline", "seconds"], rows))
+    return out + [""]
+
+
+def contrastive_section(con: Mapping[str, Any]) -> list[str]:
+    """Each pool's contrastive encoders: linear-probe and 10-shot top-1 over seeds with intervals."""
+    out = ["## Contrastive encoders: linear-probe top-1 on the real test split", "",
+           "Probes fit on all real train images and on 10 real images per class; means over training seeds, "
+           "in brackets the 95% interval. The synthetic share counts the images the method actually drew "
+           "into its batches.", ""]
+    rows = []
+    for p, c in con.items():
+        if not c:
+            rows.append([p, "missing", "", "", "", ""])
+            continue
+        for method, r in c["methods"].items():
+            if "skipped" in r:
+                rows.append([p, method, "", "", f"skipped ({r['skipped']})", ""])
+                continue
+            few = next((k[:-5] for k in r if k.startswith("top1_") and k.endswith("shot_mean")),
+                       next((k for k in r if k.startswith("top1_") and k.endswith("shot")), None))
+            share = r.get("effective_synthetic_share", c.get("synthetic_fraction"))
+            rows.append([p, method, _pct(share), _seeds(r), _pct_ci(r, "top1"),
+                         "n/a" if few is None else _pct_ci(r, few)])
+    out.append(table(["pool", "method", "synthetic share", "seeds", "linear probe [95% CI]",
+                      "10-shot probe [95% CI]"], rows))
+    return out + [""]
+
+
 def render(m: Mapping[str, Any]) -> str:
     """The Markdown results page."""
     out = ["# Results", ""]
-    cls, seconds = m["classifier"], m.get("timings", {}).get("classifier", {})
-    baselines = m.get("baselines") or {}
-    if cls:
-        out += ["## Classifiers trained on each pool, tested on the REAL test split", "",
-                "Synthetic-only pools give the Classification Accuracy Score (CAS). Each top-1 is the mean over "
-                "training seeds (the pool's draw fixed), in brackets its 95% Student-t interval; a pool is compared "
-                "with its baseline pool, and called within noise when the two intervals overlap.", ""]
-        rows = []
-        for p, c in cls.items():
-            if not c:
-                rows.append([p, "missing", "", "", "", "", ""])
-                continue
-            base = baselines.get(p)
-            rows.append([p, c["n_train"], _pct(c["synthetic_fraction"]), _pct_ci(c, "top1"), _seeds(c),
-                         f"{compare(c, cls.get(base))} ({base})" if base and cls.get(base) else "",
-                         _fmt((seconds.get(p) or {}).get("seconds"), 0)])
-        out.append(table(["pool", "training images", "synthetic share", "real-test top-1 [95% CI]", "seeds",
-                          "vs baseline", "seconds"], rows))
-        out.append("")
-    con = m["contrastive"]
-    if con:
-        out += ["## Contrastive encoders: linear-probe top-1 on the real test split", "",
-                "Probes fit on all real train images and on 10 real images per class; means over training seeds, "
-                "in brackets the 95% interval. The synthetic share counts the images the method actually drew "
-                "into its batches.", ""]
-        rows = []
-        for p, c in con.items():
-            if not c:
-                rows.append([p, "missing", "", "", "", ""])
-                continue
-            for method, r in c["methods"].items():
-                if "skipped" in r:
-                    rows.append([p, method, "", "", f"skipped ({r['skipped']})", ""])
-                    continue
-                few = next((k[:-5] for k in r if k.startswith("top1_") and k.endswith("shot_mean")),
-                           next((k for k in r if k.startswith("top1_") and k.endswith("shot")), None))
-                share = r.get("effective_synthetic_share", c.get("synthetic_fraction"))
-                rows.append([p, method, _pct(share), _seeds(r), _pct_ci(r, "top1"),
-                             "n/a" if few is None else _pct_ci(r, few)])
-        out.append(table(["pool", "method", "synthetic share", "seeds", "linear probe [95% CI]",
-                          "10-shot probe [95% CI]"], rows))
-        out.append("")
+    if m["classifier"]:
+        out += classifier_section(m["classifier"], m.get("baselines") or {},
+                                  m.get("timings", {}).get("classifier", {}))
+    if m["contrastive"]:
+        out += contrastive_section(m["contrastive"])
     ev = m["evaluate"]
     if ev:
         out += evaluation_section(ev)
