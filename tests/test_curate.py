@@ -270,6 +270,17 @@ def test_calibration_on_val_scores_real_images_as_samples_are_scored(styled, tmp
     shares = cal["reject_share"]
     assert set(shares) == {"val", "test"} and cal["test_n"] == len(Dataset(root / "test"))
     assert 0.04 <= shares["val"] <= 0.105 and 0.0 < shares["test"] < 0.3
+    # each threshold alone rejects about the percentile of val (ties aside); "either" is the filter's rule,
+    # with a bootstrap interval over images that holds it
+    d = cal["reject_share_detail"]
+    assert set(d) == {"val", "test"} and d["val"]["n"] == len(Dataset(root / "val"))
+    for k in ("score", "margin"):
+        assert 0.03 <= d["val"][k] <= 0.07
+    assert max(d["val"]["score"], d["val"]["margin"]) <= d["val"]["either"] <= d["val"]["score"] + d["val"]["margin"]
+    for split in ("val", "test"):
+        lo, hi = d[split]["either_ci95"]
+        assert lo <= d[split]["either"] <= hi and hi - lo > 0
+        assert d[split]["either"] == pytest.approx(shares[split], abs=1e-3)
     assert CaptionForm.of_dataset(Dataset(root / "raw")) == CaptionForm(
         tuple(plan.header["templates"]), ("thickness",), "dataset")
 

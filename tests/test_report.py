@@ -82,3 +82,24 @@ def test_report_evaluation_floor_row_intervals_and_noise():
     assert "| 0.004 | fd, kid |" in md  # within noise of the floor: the metrics whose intervals overlap
     assert "Feature space: CLIP (the curation filter's space: not independent); same n and draws." in md
     assert "Floor: data/real/train (real train for now)." in md
+
+
+def test_report_calibration_shares_per_threshold_and_whether_test_is_within_noise():
+    cur = {"samples": 10, "kept": 9, "rejected": 1, "reasons": {"kept": 9, "mismatch": 1}, "filter": {},
+           "calibration": {"split": "data/real/val", "n": 287, "percentile": 5.0, "reject_share": {"val": 0.087},
+                           "reject_share_detail": {
+                               "val": {"n": 287, "score": 0.05, "margin": 0.05, "either": 0.087,
+                                       "either_ci95": [0.06, 0.118]},
+                               "test": {"n": 359, "score": 0.064, "margin": 0.07, "either": 0.114,
+                                        "either_ci95": [0.085, 0.146]}}}}
+    md = render({"classifier": {}, "contrastive": {}, "evaluate": None, "bias": None, "curate": cur})
+    assert ("they would reject 8.7% [6.0, 11.8] of real val (score alone 5.0%, margin alone 5.0%); "
+            "11.4% [8.5, 14.6] of real test (score alone 6.4%, margin alone 7.0%)") in md
+    assert "inside the val share's interval: within noise." in md
+    cur["calibration"]["reject_share_detail"]["test"]["either"] = 0.2
+    md = render({"classifier": {}, "contrastive": {}, "evaluate": None, "bias": None, "curate": cur})
+    assert "outside the val share's interval." in md and "within noise" not in md.split("Thresholds")[1]
+    # an older curate report (shares only) still renders
+    del cur["calibration"]["reject_share_detail"]
+    md = render({"classifier": {}, "contrastive": {}, "evaluate": None, "bias": None, "curate": cur})
+    assert "they would reject 8.7% of real val." in md

@@ -165,7 +165,24 @@ def real_scores(scorer: Scorer, real: Dataset, form: CaptionForm = CaptionForm()
 
 def reject_share(own: np.ndarray, marg: np.ndarray, min_score: float, min_margin: float) -> float:
     """The share of (image, caption) pairs the thresholds would reject (an image per template)."""
-    return float(np.mean((own < min_score) | (marg[:, None] < min_margin)))
+    return float(np.mean(_rejected(own, marg, min_score, min_margin)))
+
+
+def _rejected(own: np.ndarray, marg: np.ndarray, min_score: float, min_margin: float) -> np.ndarray:
+    return (own < min_score) | (marg[:, None] < min_margin)
+
+
+def share_detail(own: np.ndarray, marg: np.ndarray, min_score: float, min_margin: float,
+                 draws: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Which threshold rejects how much of a real split: the score alone, the margin alone and either (the
+    filter's rule), with a 95% bootstrap interval of the latter over images (an image's captions move
+    together). Each single threshold should sit near the percentile; "either" between it and twice it."""
+    per_image = _rejected(own, marg, min_score, min_margin).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    boot = per_image[rng.integers(0, len(per_image), size=(draws, len(per_image)))].mean(axis=1)
+    return {"n": int(len(per_image)), "score": round(float(np.mean(own < min_score)), 4),
+            "margin": round(float(np.mean(marg < min_margin)), 4), "either": round(float(per_image.mean()), 4),
+            "either_ci95": [round(float(v), 4) for v in np.percentile(boot, [2.5, 97.5])]}
 
 
 Scores = tuple[np.ndarray, np.ndarray]  # (N, T) own-caption cosines, (N,) margins: see real_scores
@@ -211,15 +228,17 @@ def calibration_report(thresholds: Thresholds, calibrate_on: Path | str, val: Sc
     """What the thresholds do to REAL images: the share of the calibration (val) split and of the test
     split(s) they would reject, every image scored against captions of the samples' form. Both should
     lie near the percentile (between it and twice it: an image fails on its score or on its margin)."""
-    shares = {"val": reject_share(*val, thresholds.min_score, thresholds.min_margin)}
+    splits = {"val": val}
     if tests:
-        shares["test"] = reject_share(np.concatenate([o for o, _ in tests]), np.concatenate([m for _, m in tests]),
-                                      thresholds.min_score, thresholds.min_margin)
+        splits["test"] = (np.concatenate([o for o, _ in tests]), np.concatenate([m for _, m in tests]))
+    shares = {k: reject_share(*v, thresholds.min_score, thresholds.min_margin) for k, v in splits.items()}
+    detail = {k: share_detail(*v, thresholds.min_score, thresholds.min_margin) for k, v in splits.items()}
     return {"split": str(calibrate_on), "n": int(len(val[0])),
             "percentile": thresholds.percentile if thresholds.calibrated_on else None,
             "captions": form.describe() | {"per_image": int(val[0].shape[1])},
             "thresholds": {"min_score": thresholds.min_score, "min_margin": thresholds.min_margin},
             "reject_share": {k: round(v, 4) for k, v in shares.items()},
+            "reject_share_detail": detail,
             "test_n": int(sum(len(m) for _, m in tests))}
 
 

@@ -269,11 +269,27 @@ def render(m: Mapping[str, Any]) -> str:
                 ""]
         cal = cur.get("calibration")
         if cal:
-            shares = cal.get("reject_share") or {}
-            out += [f"Thresholds calibrated on {cal.get('split')} ({cal.get('n')} real images scored against "
-                    f"captions of the samples' form, percentile {_fmt(cal.get('percentile'), 1)}); they would "
-                    "reject " + ", ".join(f"{_pct(v)} of real {k}" for k, v in shares.items()) + ".", ""]
+            out += [_calibration_text(cal), ""]
     return "\n".join(out)
+
+
+def _calibration_text(cal: dict[str, Any]) -> str:
+    """What the curation thresholds do to real images, per split, with the single-threshold shares and an
+    interval where the curate report has them (older reports: the shares alone)."""
+    shares, detail = cal.get("reject_share") or {}, cal.get("reject_share_detail") or {}
+    text = (f"Thresholds calibrated on {cal.get('split')} ({cal.get('n')} real images scored against captions "
+            f"of the samples' form, percentile {_fmt(cal.get('percentile'), 1)}); they would reject ")
+    if not detail:
+        return text + ", ".join(f"{_pct(v)} of real {k}" for k, v in shares.items()) + "."
+    parts = [f"{_pct_ci(d, 'either')} of real {k} (score alone {_pct(d['score'])}, "
+             f"margin alone {_pct(d['margin'])})" for k, d in detail.items()]
+    text += "; ".join(parts) + " (an image fails on either)."
+    if {"val", "test"} <= detail.keys():
+        lo, hi = detail["val"]["either_ci95"]
+        inside = lo <= detail["test"]["either"] <= hi
+        text += (" The test share lies " + ("inside" if inside else "outside") + " the val share's interval"
+                 + (": within noise." if inside else "."))
+    return text
 
 
 def to_html(markdown: str) -> str:
