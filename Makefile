@@ -1,4 +1,5 @@
 # make run: set up .venv (if needed) and run the whole pipeline (dvc repro).
+# make loop: set up .venv (if needed) and run the self-consuming loops (loop/dvc.yaml).
 # make test: set up .venv (if needed) and run the test suite.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch's OpenMP threads spin-wait by default; on a small shared machine that steals the other core
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test bench readme clean
+.PHONY: setup run loop test bench readme clean
 
 setup: $(STAMP)
 
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/dvc repro
+
+# the self-consuming loops (loop/dvc.yaml): after make run, or alone (it makes the main generator first)
+loop: $(STAMP)
+	$(BIN)/factory loop stages --check
+	$(BIN)/dvc repro loop/dvc.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """The package's shape, checked from the code itself so it cannot drift.
 
-- layers: ``core`` < ``config`` < ``data`` < ``generate`` < ``curate`` < ``train`` < ``measure`` < ``cli``;
+- layers: ``core`` < ``config`` < ``data`` < ``generate`` < ``curate`` < ``train`` < ``measure`` < ``loops`` < ``cli``;
   a module imports only from its own layer or lower ones, so there is no import cycle between phases;
 - no import cycle between modules either, and no module over 500 lines;
 - every DVC stage declares, as deps, every file of ``factory/`` that its script imports, directly or
@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "factory"
-LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "cli")
+LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "loops", "cli")
 MAX_LINES = 500
 
 
@@ -120,7 +120,8 @@ def stage_scripts(dvc_yaml: Path) -> dict[str, tuple[Path, list[str]]]:
         body = st.get("do", st)
         script = next((w for w in body["cmd"].split() if w.endswith(".py")), None)
         assert script is not None, f"stage {name}: no python script in its cmd {body['cmd']!r}"
-        out[name] = (dvc_yaml.parent / script, [str(d) for d in body.get("deps", [])])
+        wdir = (dvc_yaml.parent / body.get("wdir", ".")).resolve()
+        out[name] = (wdir / script, [str(d) for d in body.get("deps", [])])
     return out
 
 
@@ -138,10 +139,11 @@ def undeclared(script: Path, deps: list[str], root: Path) -> list[str]:
 
 def test_every_stage_declares_the_code_it_imports():
     missing = {}
-    for name, (script, deps) in stage_scripts(ROOT / "dvc.yaml").items():
-        m = undeclared(script, deps, ROOT)
-        if m:
-            missing[name] = m
+    for dvc_yaml in (ROOT / "dvc.yaml", ROOT / "loop" / "dvc.yaml"):
+        for name, (script, deps) in stage_scripts(dvc_yaml).items():
+            m = undeclared(script, deps, ROOT)
+            if m:
+                missing[f"{dvc_yaml.relative_to(ROOT)}:{name}"] = m
     assert not missing, "stages whose deps miss code they import:\n" + "\n".join(
         f"  {name}: {', '.join(files)}" for name, files in missing.items())
 

@@ -12,7 +12,7 @@ import logging
 import click
 
 from factory import __version__
-from factory.cli import curate, data, generate
+from factory.cli import curate, data, generate, loop
 from factory.cli.common import EscapingFormatter, FactoryGroup
 
 __all__ = ["FactoryGroup", "cli", "main"]
@@ -35,7 +35,7 @@ def cli(verbose: bool) -> None:
 
 
 for command in (data.ingest, data.split, data.verify, data.inspect_cmd, data.show, data.grid,
-                generate.prompts, generate.regenerate, curate.filter_cmd, curate.dedup_command):
+                generate.prompts, generate.regenerate, curate.filter_cmd, curate.dedup_command, loop.loop):
     cli.add_command(command)
 generate.prompts.add_command(curate.prompts_audit)
 

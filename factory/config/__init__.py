@@ -45,6 +45,7 @@ from factory.config.generate import (
     RayConfig,
     SamplerConfig,
 )
+from factory.config.loop import MAX_GENERATIONS, POLICIES, LoopParams, LoopRun
 from factory.config.measure import BiasParams, ContrastiveParams, EvaluationConfig, ReportParams, SweepParams
 from factory.config.train import (
     ARCHS,
@@ -66,7 +67,7 @@ from factory.core.secrets import secret_problems
 __all__ = [
     "ARCHS", "BACKENDS", "BETA_SCHEDULES", "CLASS_WORD_MODES", "DEFAULT_ATTRIBUTE_TEMPLATES",
     "DEFAULT_SEMANTIC_THRESHOLD", "DEFAULT_TEMPLATES", "EXECUTORS", "HASHES", "INTERPOLATIONS", "LR_SCHEDULES",
-    "MAX_HASH_SIZE", "METHODS", "MIN_HASH_SIZE", "SCHEDULERS",
+    "MAX_GENERATIONS", "MAX_HASH_SIZE", "METHODS", "POLICIES", "LoopParams", "LoopRun", "MIN_HASH_SIZE", "SCHEDULERS",
     "AttributeAxis", "BaseParams", "BiasParams", "ClassifierConfig", "ClipTrainConfig", "Component",
     "ContrastiveConfig", "ContrastiveParams", "CurateConfig", "DedupConfig", "EmbeddedTrainConfig",
     "EvaluationConfig", "FilterConfig", "GenerateConfig", "GeneratorSpec", "IngestParams", "Params", "PlanConfig",
@@ -78,7 +79,7 @@ _MISSING = object()
 
 # the sections whose seed defaults to base.seed
 SEEDED = ("plan", "train_generator", "train_clip", "curate", "pools", "classifier", "contrastive.train",
-          "evaluate", "bias.plan", "bias.train_generator", "bias.pools")
+          "evaluate", "bias.plan", "bias.train_generator", "bias.pools", "loop")
 
 
 def _set_default(value: Any, model: type[BaseModel], parts: list[str], key: str, default: Any) -> Any:
@@ -134,6 +135,7 @@ class Params(Section):
     evaluate: EvaluationConfig = EvaluationConfig()
     bias: BiasParams = BiasParams()
     report: ReportParams = ReportParams()
+    loop: LoopParams = LoopParams()
 
     @model_validator(mode="before")
     @classmethod

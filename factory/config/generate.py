@@ -135,6 +135,18 @@ class SamplerConfig(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
     batch_size: Int = Field(64, ge=1)
+    # SIMS negative guidance (Alemohammad et al. 2024, https://arxiv.org/abs/2408.16333), embedded backend:
+    # eps = (1 + w) * eps_base - w * eps_aux, with eps_aux from an auxiliary generator (a folder) trained
+    # on the base model's own samples; w = 0 is plain sampling.
+    negative_model: str | None = None
+    negative_guidance: Float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_negative(self) -> "SamplerConfig":
+        if self.negative_guidance > 0 and not self.negative_model:
+            raise field_error("negative_guidance", "needs negative_model (an auxiliary embedded generator folder)",
+                              self.negative_guidance)
+        return self
 
 
 class GeneratorSpec(Section):

@@ -1,0 +1,277 @@
+"""One generation of one loop run: its pool, its generator, its synthetic set, its corrected copy, its metrics.
+
+Outputs of generation k of run ``r`` (a contract; the README documents it):
+
+- ``data/loop/r/gk``: the synthetic dataset the generation's model made (every sample: ``generation: k``,
+  ``parents`` = the datasets of its pool with their index hashes);
+- ``data/loop/r/gk.pool.json``: the pool its generator was trained on (``factory.pool/1`` plus ``loop``:
+  the generation histogram of every component, checked against the run's policy);
+- ``data/loop/r/gk.side/``: the plan it sampled (``plan.jsonl``), the corrected copy (``corrected/``, runs
+  with a corrector: what the next generation trains on), the auxiliary model and its own samples (SIMS runs:
+  ``aux-model/``, ``aux-samples/``);
+- ``models/loop/r/gk``: its generator (generation 1: the main generator, copied);
+- ``metrics/loop/r/gk.json``: its metrics (:mod:`factory.measure.loops`); ``metrics/loop/r.json`` gathers them.
+
+A generation past ``loop.generations`` is inactive: its stage writes a small ``inactive.json`` into each
+output instead (DVC needs every declared output), and costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from factory.config import ClassifierConfig, EmbeddedTrainConfig, GenerateConfig, LoopParams
+from factory.core.errors import FactoryError
+from factory.core.files import atomic_write_bytes, dumps_json, write_json
+from factory.core.quota import largest_remainder
+from factory.core.sample import sanitize_key
+from factory.core.shards import Dataset
+from factory.data.pools import write_pool
+from factory.generate.plans import PLAN_SCHEMA, Plan, PlanRow, row_seed, write_plan
+from factory.loops.lineage import generation_pool, real_pool
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "a handwritten {class_name}"
+INACTIVE = "inactive.json"
+
+
+@dataclass(frozen=True)
+class GenerationPaths:
+    """Where generation ``k`` of ``run`` lives, relative to the repository root ``root``."""
+
+    run: str
+    k: int
+    root: Path = Path(".")
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "data" / "loop" / self.run / f"g{self.k}"
+
+    @property
+    def pool(self) -> Path:
+        return self.root / "data" / "loop" / self.run / f"g{self.k}.pool.json"
+
+    @property
+    def side(self) -> Path:
+        return self.root / "data" / "loop" / self.run / f"g{self.k}.side"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "loop" / self.run / f"g{self.k}"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / "loop" / self.run / f"g{self.k}.json"
+
+    def of(self, k: int) -> "GenerationPaths":
+        return GenerationPaths(self.run, k, self.root)
+
+    def training_set(self, corrected: bool) -> Path:
+        """What later generations train on: the corrected copy when the run corrects, else the samples."""
+        return self.side / "corrected" if corrected else self.dataset
+
+
+def loop_plan(classes: list[str], class_counts: Mapping[str, int], n: int, k: int, seed: int,
+              prefix: str = "") -> Plan:
+    """``n`` rows for generation ``k``, split over classes in real train's proportions (largest remainder),
+    conditioned on the class only (the model's own attribute distribution is what a loop studies). A row's
+    seed depends on the loop seed, k, its class and index only: every run samples generation k from the same
+    noises (paired comparisons across runs)."""
+    quotas = largest_remainder(n, [class_counts.get(c, 0) for c in classes])
+    rows = []
+    for label, (cls, q) in enumerate(zip(classes, quotas)):
+        for i in range(q):
+            key = f"{prefix}g{k}-{sanitize_key(cls)}-{i:05d}"
+            rows.append(PlanRow(key, label, cls, key, TEMPLATE, {}, TEMPLATE.format(class_name=cls),
+                                row_seed(seed, f"loop/{key}")))
+    chosen = [c for c, q in zip(classes, quotas) if q]
+    header = {"schema": PLAN_SCHEMA, "classes": list(classes), "plan_classes": chosen,
+              "images_per_class": max(quotas) if quotas else 0,
+              "target": {"images_per_class": max(quotas) if quotas else 0, "oversample": 1.0, "attributes": {},
+                         "cells": [{"attributes": {}, "share": 1.0, "per_class": max(quotas) if quotas else 0}]},
+              "images_per_prompt": 1, "templates": [TEMPLATE], "seed": seed, "rows": len(rows),
+              "loop": {"generation": k, "class_quotas": dict(zip(classes, quotas))}}
+    return Plan(header, rows)
+
+
+def class_counts(ds: Dataset) -> dict[str, int]:
+    """Samples per class name: the index's counts, or counted from the records when it has none."""
+    counts = ds.index.get("counts")
+    if isinstance(counts, dict) and sum(counts.values()) == len(ds):
+        return {str(c): int(n) for c, n in counts.items()}
+    out = {c: 0 for c in ds.classes}
+    for rec in ds.records():
+        out[ds.classes[int(rec["label"])]] += 1
+    return out
+
+
+def _sample(plan: Plan, plan_path: Path, model: Path, out: Path, lp: LoopParams, name: str,
+            negative: tuple[Path, float] | None = None) -> dict[str, Any]:
+    """Generate ``plan`` with ``model`` into ``out`` (the loop's sampler; SIMS with ``negative``)."""
+    from factory.generate.tasks import generate
+
+    write_plan(plan, plan_path)
+    s = lp.sampler
+    extra = {} if negative is None else {"negative_model": str(negative[0]), "negative_guidance": float(negative[1])}
+    cfg = GenerateConfig(backend="embedded", model=str(model), scheduler=s.scheduler, steps=s.steps,
+                         guidance_scale=s.guidance_scale, batch_size=s.batch_size, shard_size=512, name=name,
+                         **extra)
+    summary = generate(plan_path, out, cfg)
+    return {"images": summary.samples, "seconds": round(summary.seconds, 2),
+            "images_per_second": round(summary.images_per_second, 1)}
+
+
+def _train_cfg(lp: LoopParams, base: EmbeddedTrainConfig, k: int, steps: int | None = None) -> EmbeddedTrainConfig:
+    """The generator training config of generation ``k`` (its own seed: k and the loop seed)."""
+    seed = (lp.seed * 1009 + k) % 2**31
+    if lp.init == "scratch" and steps is None:
+        return base.replace(steps=lp.train.scratch_steps, seed=seed)
+    return base.replace(steps=steps or lp.train.steps, lr=lp.train.lr, warmup_steps=lp.train.warmup_steps,
+                        batch_size=lp.train.batch_size, seed=seed)
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Generation 1's model folder: the main generator's files, copied (replacing ``dst`` whole)."""
+    from factory.generate.backends.embedded import MODEL_FOLDER
+
+    MODEL_FOLDER.read(src)  # a generator folder, or a one-line error
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+
+
+def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = Path("."),
+                   reference: Path, real_test: Path, real_val: Path) -> dict[str, Any]:
+    """Make generation ``k`` of ``run`` from its schedule ``entry`` (see :mod:`factory.loops.schedule`)."""
+    from factory.loops.correct import KMeansCorrector, correct_dataset
+    from factory.measure.loops import LoopMeasureConfig, measure_generation
+    from factory.train.generator import finetune_generator, train_generator
+
+    start = time.perf_counter()
+    lp = LoopParams.model_validate({**entry["loop"], "runs": {run: entry["spec"]}})
+    spec = lp.runs[run]
+    paths = GenerationPaths(run, k, root)
+    real = root / lp.real
+    corrected = spec.corrector is not None
+    for p in (paths.side, paths.model.parent, paths.metrics.parent, paths.dataset.parent):
+        p.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # 1. the pool and the generator
+    t = time.perf_counter()
+    if k == 1:
+        pool = real_pool(run, real, seed=lp.seed)
+        copy_model(root / lp.generator, paths.model)
+        train = {"init": "main generator", "model": str(lp.generator)}
+    else:
+        prev = paths.of(k - 1)
+        sets = [paths.of(j).training_set(corrected) for j in range(1, k)]
+        pool = generation_pool(run, spec.policy, k, real, sets, [root / e for e in lp.extra], seed=lp.seed,
+                               allow_unknown=lp.allow_unknown)
+        write_pool(pool, paths.pool)
+        base = EmbeddedTrainConfig.model_validate(entry["train_generator"])
+        cfg = _train_cfg(lp, base, k)
+        if lp.init == "finetune":
+            summary = finetune_generator(prev.model, paths.pool, cfg, paths.model)
+        else:
+            summary = train_generator(paths.pool, cfg, paths.model)
+        train = {"init": lp.init, "from": str(prev.model) if lp.init == "finetune" else None, "steps": cfg.steps,
+                 "lr": cfg.lr, "final_loss": summary.get("final_loss")}
+    write_pool(pool, paths.pool)
+    timings["train"] = round(time.perf_counter() - t, 2)
+
+    # 2. the synthetic set (SIMS: an auxiliary model first)
+    t = time.perf_counter()
+    real_ds = Dataset(real)
+    counts = class_counts(real_ds)
+    n = round(lp.images_for(run) * len(real_ds))
+    plan = loop_plan(real_ds.classes, counts, n, k, lp.seed)
+    negative = None
+    aux: dict[str, Any] = {}
+    if spec.sampler == "sims":
+        aux = make_auxiliary(paths.model, paths.side / "aux-samples", paths.side / "aux-model",
+                             paths.side / "aux-plan.jsonl", real_ds, k, lp,
+                             EmbeddedTrainConfig.model_validate(entry["train_generator"]), lp.sims.steps)
+        negative = (paths.side / "aux-model", lp.sims.w)
+    sampled = _sample(plan, paths.side / "plan.jsonl", paths.model, paths.dataset, lp, f"loop-{run}-g{k}", negative)
+    timings["sample"] = round(time.perf_counter() - t, 2)
+
+    # 3. the corrector (what the next generation trains on)
+    correction: dict[str, Any] | None = None
+    if corrected:
+        t = time.perf_counter()
+        corrector = KMeansCorrector.fit(real, clusters=lp.corrector.clusters, seed=lp.seed)
+        correction = correct_dataset(corrector, paths.dataset, paths.side / "corrected",
+                                     strength=lp.corrector.strength, name=f"loop-{run}-g{k}-corrected")
+        timings["correct"] = round(time.perf_counter() - t, 2)
+
+    # 4. the metrics (against real test: final numbers)
+    t = time.perf_counter()
+    m = lp.measure
+    cls = ClassifierConfig.model_validate(entry["classifier"])
+    mcfg = LoopMeasureConfig(n=m.n, draws=m.draws, bootstrap=m.bootstrap, k=m.k, seed=lp.seed, cas_steps=m.cas_steps,
+                             cas_seeds=tuple(m.cas_seeds), cas_batch_size=cls.batch_size, cas_lr=cls.lr,
+                             duplicate_distance=m.duplicate_distance,
+                             denoise_timesteps=tuple(m.denoise_timesteps))
+    metrics = measure_generation(paths.dataset, paths.model, reference=reference, real_test=real_test,
+                                 real_val=real_val, cfg=mcfg)
+    timings["measure"] = round(time.perf_counter() - t, 2)
+    row = {"run": run, "generation": k, "active": True, "policy": spec.policy, "sampler": spec.sampler,
+           "corrector": spec.corrector, "pool": {"samples": pool["samples"], "generations": pool["loop"]["generations"],
+                                                 "synthetic_fraction": pool["synthetic_fraction"]},
+           "train": train, "sampled": {k_: v for k_, v in sampled.items() if k_ != "seconds"},
+           "sims": ({"w": lp.sims.w, **aux} if aux else None),
+           "correction": ({k_: v for k_, v in correction.items() if k_ != "seconds"} if correction else None),
+           **{k_: v for k_, v in metrics.items() if k_ != "seconds"}}
+    write_json(paths.metrics, row)
+    timings["total"] = round(time.perf_counter() - start, 2)
+    log.info("loop %s generation %d: %s", run, k, timings)
+    return {**row, "timings": timings}
+
+
+def make_auxiliary(model: Path, samples: Path, aux_model: Path, plan_path: Path, real_ds: Dataset, k: int,
+                   lp: LoopParams, base: EmbeddedTrainConfig, steps: int) -> dict[str, Any]:
+    """SIMS's auxiliary model: ``model`` fine-tuned for ``steps`` on ``lp.sims.images`` x |real| of its own
+    plain samples (written to ``samples``)."""
+    from factory.train.generator import finetune_generator
+
+    counts = class_counts(real_ds)
+    n = round(lp.sims.images * len(real_ds))
+    plan = loop_plan(real_ds.classes, counts, n, k, lp.seed, prefix="aux-")
+    sampled = _sample(plan, plan_path, model, samples, lp, f"aux-g{k}")
+    cfg = _train_cfg(lp, base, k, steps=steps)
+    summary = finetune_generator(model, samples, cfg.replace(seed=(cfg.seed + 7919) % 2**31), aux_model)
+    return {"aux_images": sampled["images"], "aux_steps": steps, "aux_final_loss": summary.get("final_loss")}
+
+
+def write_inactive(run: str, k: int, generations: int, root: Path = Path(".")) -> None:
+    """The outputs of a generation past ``loop.generations``: a note in each (DVC needs them to exist)."""
+    paths = GenerationPaths(run, k, root)
+    note = {"run": run, "generation": k, "active": False,
+            "why": f"loop.generations is {generations}: this generation is not part of the loop "
+                   f"(dvc exp run -S loop.generations={k} makes it)"}
+    for d in (paths.dataset, paths.side, paths.model):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        atomic_write_bytes(d / INACTIVE, dumps_json(note))
+    atomic_write_bytes(paths.pool, dumps_json(note))
+    write_json(paths.metrics, note)
+
+
+def check_previous(run: str, k: int, root: Path = Path(".")) -> None:
+    """Generation ``k`` needs generation k-1 made (not inactive): one line otherwise."""
+    prev = GenerationPaths(run, k - 1, root)
+    if (prev.dataset / INACTIVE).exists() or not (prev.dataset / "index.json").exists():
+        raise FactoryError(f"{prev.dataset}: generation {k - 1} of run {run!r} is not made; generations run in "
+                           "order (dvc repro loop/dvc.yaml)")
