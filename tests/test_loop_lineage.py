@@ -7,7 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from factory.cli.main import cli
-from factory.config import MAX_GENERATIONS, Params, load_params
+from factory.config import Params, load_params
 from factory.core.errors import FactoryError
 from factory.core.sample import synthetic_sample
 from factory.core.shards import Dataset, DatasetWriter
@@ -121,7 +121,7 @@ def test_schedule_changes_only_what_a_param_change_touches(tmp_path):
     write_schedule(p8, b)
     changed = sorted(p.name for p in a.iterdir() if p.read_bytes() != (b / p.name).read_bytes())
     runs = list(p5.loop.runs)
-    assert len(list(a.iterdir())) == len(runs) * MAX_GENERATIONS
+    assert len(list(a.iterdir())) == len(runs) * p5.loop.max_generations == len(runs) * 8
     assert changed == sorted(f"{r}-g{k}.json" for r in runs for k in (6, 7, 8))
     # a training budget change reaches every active generation, and no inactive one
     budget = Params.model_validate({**p5.model_dump(), "loop": {**p5.loop.model_dump(),
@@ -129,8 +129,8 @@ def test_schedule_changes_only_what_a_param_change_touches(tmp_path):
     e5, eb = entries(p5), entries(budget)
     assert {n for n in e5 if e5[n] != eb[n]} == {f"{r}-g{k}.json" for r in runs for k in range(1, 6)}
     bad = tmp_path / "params.yaml"
-    bad.write_text(f"loop:\n  generations: {MAX_GENERATIONS + 1}\n")
-    with pytest.raises(FactoryError, match=f"params.yaml: loop.generations: must be at most {MAX_GENERATIONS} "):
+    bad.write_text("loop:\n  generations: 9\n")
+    with pytest.raises(FactoryError, match=r"params.yaml: loop.generations: must be at most loop.max_generations \(8: "):
         load_params(bad)
 
 
@@ -140,7 +140,7 @@ def test_loop_dvc_yaml_is_what_params_give_and_has_a_stage_per_run_and_generatio
     assert text == render(params, ROOT), "loop/dvc.yaml is stale: run `factory loop stages`"
     doc = yaml.safe_load(text)
     gens = doc["vars"][0]["loop_generations"]
-    assert set(gens) == {f"{r}-g{k}" for r in params.loop.runs for k in range(2, MAX_GENERATIONS + 1)}
+    assert set(gens) == {f"{r}-g{k}" for r in params.loop.runs for k in range(2, params.loop.max_generations + 1)}
     assert all(g["prev"] == g["k"] - 1 for g in gens.values())
     do = doc["stages"]["loop_generation"]["do"]
     assert "data/loop/${item.run}/g${item.prev}" in do["deps"] and "models/loop/${item.run}/g${item.prev}" in do["deps"]

@@ -182,6 +182,112 @@ def test_repro_proves_the_pools(repo):
     assert p.returncode == 0 and "plots/guidance.json" in p.stdout, p.stderr
 
 
+LOOP = """
+generations: 2
+max_generations: 3
+images: 0.04
+fresh_images: 0.03
+train: {steps: 2, batch_size: 16}
+sampler: {scheduler: dpm, steps: 3, guidance_scale: 1.0, batch_size: 8}
+corrector: {clusters: 4}
+sims: {w: 1.0, images: 0.02, steps: 2}
+sims_study: {w: [0, 1], steps: [2], images: 30}
+measure: {draws: 1, bootstrap: 10, k: 2, cas_steps: 3, cas_seeds: [0], denoise_timesteps: [100, 500],
+          reference_epochs: 1}
+runs:
+  replace: {policy: replace}
+  accumulate: {policy: accumulate}
+  fresh_corrected: {policy: fresh, corrector: kmeans}
+  sims: {policy: replace, sampler: sims}
+"""
+
+
+def ran_stages(out: str) -> set[str]:
+    return {line.split("'")[1].split(":")[-1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def test_loop_runs_stops_resumes_extends_and_proves_its_lineage(repo):
+    """make loop's pipeline for real: interrupted part-way, resumed, extended with dvc exp run; every
+    generation's pool and samples carry the lineage the policy says; a SIMS sample regenerates byte for byte."""
+    import json
+    import signal
+    import time
+
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["loop"] = {**params.get("loop", {}), **yaml.safe_load(LOOP)}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": str(bindir) + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(repo),
+           "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run([str(bindir / "factory"), "loop", "stages"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # 1. stopped part-way: interrupt the loop once a first generation is made ...
+    proc = subprocess.Popen([str(bindir / "dvc"), "repro", "loop/dvc.yaml"], cwd=repo, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in (repo / "metrics/loop").glob("*/g1.json") if json.loads(p.read_text()).get("active")]
+        if done:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the loop finished before it could be interrupted: " + proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    made = {p.parent.name for p in (repo / "metrics/loop").glob("*/g1.json") if json.loads(p.read_text()).get("active")}
+    assert made
+    # ... and resumed: what was made is not made again
+    p = dvc(repo, "repro", "loop/dvc.yaml")
+    assert p.returncode == 0, p.stdout + p.stderr
+    for run in made:
+        assert f"Stage 'loop/dvc.yaml:loop_first@{run}' didn't change, skipping" in p.stdout, p.stdout
+    assert not {f"loop_first@{run}" for run in made} & ran_stages(p.stdout)
+    # 2. lineage: generation 2 of each run trained on what its policy says, from provenance
+    real = Dataset(repo / "data/real/train")
+    for run, want in (("replace", {"1"}), ("accumulate", {"0", "1"}), ("fresh_corrected", {"0", "1"}),
+                      ("sims", {"1"})):
+        pool = json.loads((repo / f"data/loop/{run}/g2.pool.json").read_text())
+        assert set(pool["loop"]["generations"]) == want, (run, pool["loop"])
+        refs = [c["dataset"] for c in pool["components"]]
+        ds = Dataset(repo / f"data/loop/{run}/g2")
+        for s in ds:
+            assert s.provenance["generation"] == 2 and s.provenance["parents"] == refs
+        assert verify(ds.path).ok
+        if "0" in want:
+            assert refs[0]["index_sha256"] == real.index_sha256
+    corrected = json.loads((repo / "data/loop/fresh_corrected/g2.pool.json").read_text())["components"][1]
+    assert corrected["dataset"]["path"] == "data/loop/fresh_corrected/g1.side/corrected"
+    rec = next(Dataset(repo / corrected["dataset"]["path"]).records())
+    assert rec["correction"]["method"] == "kmeans" and rec["generation"] == 1
+    sims = next(iter(Dataset(repo / "data/loop/sims/g2")))
+    neg = sims.provenance["generator"]["negative_guidance"]
+    assert neg["method"] == "sims" and neg["w"] == 1.0 and neg["model"] == "data/loop/sims/g2.side/aux-model"
+    r = subprocess.run([str(bindir / "factory"), "regenerate", "data/loop/sims/g2", sims.key, "again.png"], cwd=repo,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "match" in r.stdout.lower(), r.stdout + r.stderr
+    # 3. metrics: one row per generation, the past-the-end generation idle
+    for run in ("replace", "accumulate", "fresh_corrected", "sims"):
+        m = json.loads((repo / f"metrics/loop/{run}.json").read_text())
+        assert [row["generation"] for row in m["generations"]] == [1, 2]
+        assert json.loads((repo / f"metrics/loop/{run}/g3.json").read_text())["active"] is False
+    study = json.loads((repo / "metrics/loop/sims_study.json").read_text())
+    assert {r_["set"] for r_ in study["rows"]} == {"w0", "w1-b2"} and study["reference"] == "real val"
+    # 4. extended: dvc exp run -S loop.generations=3 makes generation 3 and redoes nothing else
+    env_exp = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env_exp, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "loop"], cwd=repo, check=True, env=env_exp, capture_output=True)
+    p = subprocess.run([str(bindir / "dvc"), "exp", "run", "-S", "loop.generations=3", "loop/dvc.yaml"], cwd=repo,
+                       env=env_exp, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ran = ran_stages(p.stdout)
+    assert {f"loop_generation@{r_}-g3" for r_ in ("replace", "accumulate", "fresh_corrected", "sims")} <= ran, p.stdout
+    assert not {x for x in ran if x.startswith("loop_first") or x.endswith("-g2")}, p.stdout
+    m = json.loads((repo / "metrics/loop/replace.json").read_text())
+    assert [row["generation"] for row in m["generations"]] == [1, 2, 3]
+
+
 def test_exp_run_guidance_reruns_only_generate(repo):
     p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1")
     assert p.returncode == 0, p.stdout + p.stderr

@@ -19,9 +19,8 @@ LoopSampler = Literal["plain", "sims"]
 Corrector = Literal["kmeans"]
 Init = Literal["finetune", "scratch"]
 
-# loop/dvc.yaml declares one stage per run and generation up to this many generations (stages past
-# ``loop.generations`` do no work), so ``dvc exp run -S loop.generations=8`` extends a loop without an edit.
-MAX_GENERATIONS = 8
+# The most generations ``loop.max_generations`` may declare (each is a stage per run in loop/dvc.yaml).
+MAX_GENERATIONS = 50
 
 
 class LoopRun(Section):
@@ -112,6 +111,9 @@ class LoopParams(Section):
     where: ClassVar[str] = "loop"
 
     generations: Int = Field(5, ge=1)
+    # loop/dvc.yaml declares a stage per run for generations 1..max_generations (`factory loop stages` writes
+    # it); those past ``generations`` do no work, so ``dvc exp run -S loop.generations=8`` extends a loop
+    max_generations: Int = Field(8, ge=1, le=MAX_GENERATIONS)
     real: str = "data/real/train"
     generator: str = "models/generator"  # generation 1: the main pipeline's generator
     init: Init = "finetune"
@@ -149,9 +151,9 @@ class LoopParams(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "LoopParams":
-        if self.generations > MAX_GENERATIONS:
-            raise field_error("generations", f"must be at most {MAX_GENERATIONS} (loop/dvc.yaml declares that many "
-                              "stages per run; raise MAX_GENERATIONS in factory/config/loop.py and run "
+        if self.generations > self.max_generations:
+            raise field_error("generations", f"must be at most loop.max_generations ({self.max_generations}: "
+                              "loop/dvc.yaml declares that many stages per run; raise it and run "
                               "`factory loop stages` for more)", self.generations)
         return self
 

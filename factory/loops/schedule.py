@@ -1,8 +1,7 @@
 """The schedule of the loops: one small JSON file per run and generation, the only input a generation stage
 reads its settings from.
 
-``loop/dvc.yaml`` declares a stage for every run and every generation up to
-:data:`~factory.config.loop.MAX_GENERATIONS`; a stage past ``loop.generations`` does no work. What makes that
+``loop/dvc.yaml`` declares a stage for every run and every generation up to ``loop.max_generations``; a stage past ``loop.generations`` does no work. What makes that
 cheap to change is this file: an active generation's entry holds every setting that shapes it (the run, the
 loop's shared settings and the sections of params.yaml it uses) and an inactive one holds only that it is
 inactive, so ``dvc exp run -S loop.generations=8`` changes the entries of generations 6-8 alone, and DVC
@@ -15,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from factory.config import MAX_GENERATIONS, Params
+from factory.config import Params
 from factory.core.files import atomic_write_bytes, dumps_json, read_json
 from factory.core.errors import FactoryError
 
@@ -27,12 +26,12 @@ def entry_name(run: str, k: int) -> str:
 
 
 def entries(params: Params) -> dict[str, dict[str, Any]]:
-    """Every schedule entry (file name -> content) of ``params``: all runs, generations 1..MAX_GENERATIONS."""
+    """Every schedule entry (file name -> content) of ``params``: all runs, generations 1..max_generations."""
     lp = params.loop
-    shared = lp.model_dump(mode="json", exclude={"generations", "runs"})
+    shared = lp.model_dump(mode="json", exclude={"generations", "max_generations", "runs"})
     out = {}
     for run, spec in lp.runs.items():
-        for k in range(1, MAX_GENERATIONS + 1):
+        for k in range(1, lp.max_generations + 1):
             entry: dict[str, Any] = {"schema": SCHEDULE_SCHEMA, "run": run, "generation": k,
                                      "active": k <= lp.generations}
             if entry["active"]:
