@@ -75,26 +75,37 @@ def prompts_show(plan_file: Path, as_json: bool) -> None:
 @click.argument("key")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--model", default=None, help="Load the generator from here instead of the recorded path.")
+@click.option("--negative-model", default=None,
+              help="SIMS samples: load the auxiliary (negative) model from here instead of the recorded path.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-def regenerate(dataset: Path, key: str, out: Path, model: str | None, device: str) -> None:
+def regenerate(dataset: Path, key: str, out: Path, model: str | None, negative_model: str | None,
+               device: str) -> None:
     """Rebuild sample KEY of DATASET from its provenance alone, write it to OUT and compare bytes.
 
     Exit 0 when the bytes match the stored sample and the generator's weights match the recorded
-    weights_sha256; 1 when either differs (both verdicts are printed).
+    weights_sha256 (for a SIMS sample, the auxiliary model's too); 1 when either differs (both verdicts
+    are printed).
 
     Example: factory regenerate data/synthetic/raw 3-g00002-01 again.png
     """
     from factory.generate.tasks import regenerate as run_regenerate
 
-    r = run_regenerate(dataset, key, out, model=model, device=device)
+    r = run_regenerate(dataset, key, out, model=model, device=device, negative_model=negative_model)
     if r.match:
         echo(f"match: {escape(key)} rebuilt byte for byte (sha256 {r.actual_sha256[:16]}...) -> {escape(r.out)}")
     else:
         echo(f"DIFFERENT: {escape(key)}: stored sha256 {r.expected_sha256[:16]}..., rebuilt "
              f"{r.actual_sha256[:16]}... -> {escape(r.out)}")
     loaded = f"loaded {(r.actual_weights_sha256 or '?')[:16]}..."
+    sims = r.expected_negative_weights_sha256 is not None or r.actual_negative_weights_sha256 is not None
+    base_ok = bool(r.expected_weights_sha256) and r.expected_weights_sha256 == r.actual_weights_sha256
     if r.weights_match:
-        echo(f"weights match: the generator's sha256 is the recorded weights_sha256 ({loaded})")
+        also = ", the negative model's the recorded negative_guidance.weights_sha256" if sims else ""
+        echo(f"weights match: the generator's sha256 is the recorded weights_sha256{also} ({loaded})")
+    elif sims and base_ok:
+        echo(f"weights DIFFERENT: the negative model's weights differ from the recorded "
+             f"negative_guidance.weights_sha256 (recorded {(r.expected_negative_weights_sha256 or '?')[:16]}..., "
+             f"loaded {(r.actual_negative_weights_sha256 or '?')[:16]}...)")
     elif r.expected_weights_sha256 is None:
         echo(f"weights UNVERIFIED: the record has no weights_sha256 to compare with ({loaded})")
     else:

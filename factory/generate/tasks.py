@@ -176,8 +176,9 @@ def _prepare_staging(staging: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def _model_paths(spec: GeneratorSpec) -> list[Path]:
-    """The generator's local folder or file, an input that no output may overlap."""
-    return [Path(spec.model)] if spec.model and Path(spec.model).exists() else []
+    """The generator's local folder or file (and a SIMS auxiliary model's), inputs that no output may overlap."""
+    paths = [spec.model, spec.sampler.negative_model]
+    return [Path(p) for p in paths if p and Path(p).exists()]
 
 
 def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
@@ -290,7 +291,10 @@ def _run_ray(todo: list[ShardTask], plan: Plan, cfg: GenerateConfig, staging: Pa
 class RegenerateResult:
     """Two verdicts: the rebuilt bytes against the record's ``sha256`` (``match``) and the loaded weights
     against the record's ``generator.weights_sha256`` (``weights_match``; False when none is recorded).
-    Equal bytes from other weights are luck, not a reproduction: :attr:`ok` needs both."""
+    Equal bytes from other weights are luck, not a reproduction: :attr:`ok` needs both. A SIMS sample
+    (``negative_guidance`` {method: sims, ...}) was made by two models: ``weights_match`` then also needs
+    the auxiliary model's weights to be the recorded ``negative_guidance.weights_sha256`` (the
+    ``*_negative_weights_sha256`` fields; None without SIMS)."""
 
     key: str
     match: bool
@@ -300,29 +304,57 @@ class RegenerateResult:
     out: Path
     expected_weights_sha256: str | None = None
     actual_weights_sha256: str | None = None
+    expected_negative_weights_sha256: str | None = None
+    actual_negative_weights_sha256: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.match and self.weights_match
 
 
+def _negative_settings(g: dict[str, Any], negative_model: str | None) -> dict[str, Any]:
+    """The sampler settings of a record's ``negative_guidance``: a string is a diffusers negative prompt; a
+    dict {method: sims, w, model, ...} SIMS with the auxiliary model at ``negative_model`` (default: the
+    recorded path); null none."""
+    ng = g.get("negative_guidance")
+    if isinstance(ng, dict):
+        if ng.get("method") != "sims":
+            raise FactoryError(f"generator.negative_guidance: unknown method {ng.get('method')!r}; this factory "
+                               "can regenerate sims")
+        w, recorded = ng.get("w"), ng.get("model")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not isinstance(recorded, str):
+            raise FactoryError("generator.negative_guidance: a sims record needs a number w and a model path; "
+                               f"got w={w!r}, model={recorded!r}")
+        return {"negative_model": negative_model or recorded, "negative_guidance": float(w)}
+    if negative_model is not None:
+        raise FactoryError("--negative-model: the sample was made without SIMS negative guidance; leave it out")
+    return {"negative_prompt": ng}
+
+
+def _recorded_sha(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None = None,
-               device: str = "auto") -> RegenerateResult:
-    """Rebuild one sample from its provenance record alone and compare its bytes."""
+               device: str = "auto", negative_model: str | None = None) -> RegenerateResult:
+    """Rebuild one sample from its provenance record alone and compare its bytes.
+
+    ``model`` and ``negative_model`` load the generator and (SIMS) its auxiliary model from other folders
+    than the recorded ones; the weights verdict then tells whether they hold the recorded weights."""
     from factory.core.sample import sha256_hex
     from factory.core.shards import Dataset
 
-    claim_output_file(out, inputs=[dataset, model])  # before any work; the recorded model is checked below
+    claim_output_file(out, inputs=[dataset, model, negative_model])  # before any work; recorded models below
     sample = Dataset(dataset).find(key)
     rec = sample.provenance
     if rec.get("source") != "synthetic":
         raise FactoryError(f"{key!r} is a real sample: only synthetic samples can be regenerated")
     g = rec["generator"]
     sampler = SamplerConfig(guidance_scale=float(g["guidance_scale"]), steps=int(g["steps"]),
-                            scheduler=g["scheduler"], negative_prompt=g.get("negative_guidance"),
-                            height=g.get("height"), width=g.get("width"),
+                            scheduler=g["scheduler"], height=g.get("height"), width=g.get("width"),
                             dtype=g.get("dtype") if g.get("dtype") in ("float32", "float16", "bfloat16") else "auto",
-                            device=device, batch_size=int(g.get("batch_size", 1)))
+                            device=device, batch_size=int(g.get("batch_size", 1)),
+                            **_negative_settings(g, negative_model))
     spec = GeneratorSpec(backend=g["backend"], model=model or g["model"], sampler=sampler)
     claim_output_file(out, inputs=[dataset, *_model_paths(spec)])
     gen = load_generator(spec)
@@ -332,10 +364,16 @@ def regenerate(dataset: Path | str, key: str, out: Path | str, model: str | None
     out = Path(out)
     atomic_write_bytes(out, data)
     actual = sha256_hex(data)
-    recorded, loaded = g.get("weights_sha256"), gen.describe().get("weights_sha256")
-    weights_match = isinstance(recorded, str) and bool(recorded) and loaded == recorded
+    described = gen.describe()
+    recorded, loaded = _recorded_sha(g.get("weights_sha256")), described.get("weights_sha256")
+    weights_match = bool(recorded) and loaded == recorded
+    neg_recorded = neg_loaded = None
+    if isinstance(g.get("negative_guidance"), dict):
+        neg_recorded = _recorded_sha(g["negative_guidance"].get("weights_sha256"))
+        neg_loaded = (described.get("negative_guidance") or {}).get("weights_sha256")
+        weights_match = weights_match and bool(neg_recorded) and neg_loaded == neg_recorded
     return RegenerateResult(key, actual == rec["sha256"], rec["sha256"], actual, weights_match, out,
-                            recorded if isinstance(recorded, str) else None, loaded)
+                            recorded, loaded, neg_recorded, neg_loaded)
 
 
 def spec_dict(spec: GeneratorSpec) -> dict[str, Any]:

@@ -211,12 +211,17 @@ class DiffusersGenerator:
         """Load the pipeline at ``path`` (folder or cached hub id) set up for ``sampler``.
 
         Raises FactoryError naming ``path`` when it is missing, not a pipeline, fails to load, or
-        cannot honour ``sampler`` (e.g. a negative prompt for a pipeline without one).
+        cannot honour ``sampler`` (e.g. a negative prompt for a pipeline without one, or a SIMS
+        ``negative_model``, which only the embedded backend has).
         """
         import diffusers
         import torch
         from diffusers import DiffusionPipeline
 
+        if sampler.negative_model is not None:
+            raise FactoryError(f"negative_model (SIMS negative guidance) is for the embedded backend only; the "
+                               f"diffusers backend takes negative_prompt: set negative_model to null "
+                               f"(got {sampler.negative_model!r})")
         if sampler.negative_prompt is not None and sampler.guidance_scale <= 1:
             raise FactoryError(
                 f"negative_prompt has no effect unless guidance_scale > 1 (classifier-free "

@@ -20,6 +20,13 @@ Sampling (:class:`EmbeddedGenerator`) is deterministic per request: one CPU ``to
 with the request's seed draws that image's initial noise, and the network always runs on micro-batches
 of exactly ``sampler.batch_size`` requests (a short last batch is padded with copies), so the PNG bytes
 of a request do not depend on which other requests were generated with it. See :meth:`generate`.
+
+SIMS negative guidance (Alemohammad et al. 2024, "Self-Improving Diffusion Models with Synthetic Data",
+https://arxiv.org/abs/2408.16333): with ``sampler.negative_model`` (an auxiliary model of the same
+architecture, classes and attributes, trained on the base model's own samples) and
+``sampler.negative_guidance`` ``w > 0``, every step uses ``(1 + w) * eps_base - w * eps_aux``, each term
+classifier-free guided with ``guidance_scale``: sampling is pushed away from what the self-consumed model
+has drifted to.
 """
 
 from __future__ import annotations
@@ -130,7 +137,7 @@ class EmbeddedGenerator(TrainedModel):
     backend = "embedded"
 
     def __init__(self, model_dir: Path | str, config: dict[str, Any], model: ConditionalUNet,
-                 weights_sha256: str, sampler: SamplerConfig) -> None:
+                 weights_sha256: str, sampler: SamplerConfig, negative: "EmbeddedGenerator | None" = None) -> None:
         self.model_dir = model_dir
         self.config = config
         self.model = model.eval().requires_grad_(False)
@@ -153,6 +160,7 @@ class EmbeddedGenerator(TrainedModel):
         self._axes = list(self.attributes)
         with torch.inference_mode():
             self._null = self.model.null_embedding().to(self.device)
+        self.negative = negative  # SIMS: the auxiliary model, loaded with the same device (None: w == 0)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -162,12 +170,25 @@ class EmbeddedGenerator(TrainedModel):
         sampler = sampler or SamplerConfig()
         config = MODEL_FOLDER.read(model_dir)
         cls._check_sampler_static(sampler)
-        sha = file_sha256(Path(model_dir) / WEIGHTS_NAME)
-        state = MODEL_FOLDER.load_weights(model_dir)
-        axes = list(config["attributes"])
-        model = ConditionalUNet(config["unet"], len(config["classes"]), [len(config["attributes"][a]) for a in axes])
-        MODEL_FOLDER.load_into(model, model_dir, state)
-        return cls(model_dir, config, model, sha, sampler)
+        model, sha = _read_network(model_dir, config)
+        negative = None
+        if sampler.negative_model and sampler.negative_guidance > 0:  # w == 0: plain sampling, no aux model
+            negative = cls._load_negative(sampler, config)
+        return cls(model_dir, config, model, sha, sampler, negative)
+
+    @classmethod
+    def _load_negative(cls, sampler: SamplerConfig, base: dict[str, Any]) -> "EmbeddedGenerator":
+        """The SIMS auxiliary model ``sampler.negative_model``, refused unless it is interchangeable with the
+        base model: same classes, attribute vocabulary, image size, channels and UNet config."""
+        folder = sampler.negative_model
+        config = MODEL_FOLDER.read(folder)
+        differ = [k for k in ("classes", "attributes", "image_size", "channels", "unet") if config[k] != base[k]]
+        if differ:
+            raise FactoryError(f"{folder}: negative_model must match the base generator; its "
+                               f"{', '.join(differ)} differ")
+        model, sha = _read_network(folder, config)
+        plain = sampler.model_copy(update={"negative_model": None, "negative_guidance": 0.0})
+        return cls(folder, config, model, sha, plain)
 
     @staticmethod
     def _check_sampler_static(sampler: SamplerConfig) -> None:
@@ -213,7 +234,7 @@ class EmbeddedGenerator(TrainedModel):
             "scheduler": s.scheduler,
             "steps": s.steps,
             "guidance_scale": float(s.guidance_scale),
-            "negative_guidance": None,
+            "negative_guidance": self._negative_record(),
             "height": self.image_size,
             "width": self.image_size,
             "dtype": "float32",
@@ -223,6 +244,13 @@ class EmbeddedGenerator(TrainedModel):
             "device": self.device.type,
             "conditioning": ["class", *self._axes],
         }
+
+    def _negative_record(self) -> dict[str, Any] | None:
+        """Provenance ``negative_guidance``: None without SIMS, else the method, ``w`` and the auxiliary model."""
+        if self.negative is None:
+            return None
+        return {"method": "sims", "w": float(self.sampler.negative_guidance), "model": str(self.sampler.negative_model),
+                "weights_sha256": self.negative.weights_sha256}
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -271,9 +299,11 @@ class EmbeddedGenerator(TrainedModel):
         shape the position of an image in the batch does not change its result (checked by the tests).
         The bytes therefore depend on ``sampler.batch_size``, which :meth:`describe` records.
 
-        Guidance ``w``: ``eps = eps_u + w * (eps_c - eps_u)`` from one forward pass over the stacked
-        unconditional and conditional inputs. ``w == 1`` runs the conditional half only and ``w == 0``
-        the unconditional half only (same result up to rounding, half the work).
+        Guidance ``s``: ``eps = eps_u + s * (eps_c - eps_u)`` from one forward pass over the stacked
+        unconditional and conditional inputs. ``s == 1`` runs the conditional half only and ``s == 0``
+        the unconditional half only (same result up to rounding, half the work). With SIMS (``w =
+        negative_guidance > 0``) the auxiliary model is guided the same way in its own forward pass and
+        ``eps = (1 + w) * eps_base - w * eps_aux``.
         """
         requests = list(requests)
         if not requests:
@@ -290,32 +320,45 @@ class EmbeddedGenerator(TrainedModel):
             out.extend(self._png(p) for p in pixels[:n])
         return out
 
+    def _conditioning(self, labels: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        """The embeddings of one forward pass with guidance ``s``: ``s == 0`` is unconditional; ``s == 1``
+        plain conditional sampling, so the unconditional half is skipped (eps_u + 1 * (eps_c - eps_u) ==
+        eps_c); otherwise ``[null; cond]``, one pass giving both halves."""
+        s = float(self.sampler.guidance_scale)
+        cond = self.model.embed(labels.to(self.device), attrs.to(self.device))
+        null = self._null.expand(len(labels), -1)
+        return null if s == 0.0 else (torch.cat([null, cond]) if s != 1.0 else cond)
+
+    def _guided_eps(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guided noise prediction, one batched forward over the inputs of :meth:`_conditioning`."""
+        s = float(self.sampler.guidance_scale)
+        guided = s not in (0.0, 1.0)
+        inp = torch.cat([x, x]) if guided else x
+        eps = self.model.unet(inp, t, class_labels=emb, return_dict=False)[0]
+        if guided:
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + s * (eps_c - eps_u)
+        return eps
+
     @torch.inference_mode()
     def _sample(self, labels: torch.Tensor, attrs: torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
         """Denoise one micro-batch; returns uint8 pixels (B, H, W, C)."""
-        w = float(self.sampler.guidance_scale)
-        b = len(seeds)
         dev = self.device
-        unet = self.model.unet
         sched = self.scheduler
-        # 1. conditioning: w == 0 is unconditional; w == 1 is plain conditional sampling, so the
-        #    unconditional half is skipped (eps_u + 1 * (eps_c - eps_u) == eps_c); otherwise one
-        #    forward pass over [null; cond] gives both halves.
-        cond = self.model.embed(labels.to(dev), attrs.to(dev))
-        null = self._null.expand(b, -1)
-        guided = w not in (0.0, 1.0)
-        emb = null if w == 0.0 else (torch.cat([null, cond]) if guided else cond)
+        aux = self.negative
+        w = float(self.sampler.negative_guidance)
+        # 1. conditioning, per model (each has its own embedding tables)
+        emb = self._conditioning(labels, attrs)
+        aux_emb = aux._conditioning(labels, attrs) if aux is not None else None
         # 2. initial noise: one CPU generator per image
         x = self.initial_noise(seeds).to(dev)
         sched.set_timesteps(self.sampler.steps, device=dev)  # also resets multistep solver state
         x = x * sched.init_noise_sigma
-        # 3. the denoising loop
+        # 3. the denoising loop; SIMS: extrapolate away from the auxiliary model's prediction
         for t in sched.timesteps:
-            inp = torch.cat([x, x]) if guided else x
-            eps = unet(inp, t, class_labels=emb, return_dict=False)[0]
-            if guided:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + w * (eps_c - eps_u)
+            eps = self._guided_eps(x, t, emb)
+            if aux is not None:
+                eps = (1.0 + w) * eps - w * aux._guided_eps(x, t, aux_emb)
             x = sched.step(eps, t, x, return_dict=False)[0]
         # 4. to uint8 pixels
         x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
@@ -326,6 +369,16 @@ class EmbeddedGenerator(TrainedModel):
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=9)
         return buf.getvalue()
+
+
+def _read_network(model_dir: Path | str, config: dict[str, Any]) -> tuple[ConditionalUNet, str]:
+    """The network of the folder ``model_dir`` (whose config is ``config``) and the sha256 of its weights file."""
+    sha = file_sha256(Path(model_dir) / WEIGHTS_NAME)
+    state = MODEL_FOLDER.load_weights(model_dir)
+    axes = list(config["attributes"])
+    model = ConditionalUNet(config["unet"], len(config["classes"]), [len(config["attributes"][a]) for a in axes])
+    MODEL_FOLDER.load_into(model, model_dir, state)
+    return model, sha
 
 
 def load_generator(model_dir: Path | str, sampler: SamplerConfig | None = None) -> EmbeddedGenerator:
