@@ -18,7 +18,7 @@ def main() -> None:
                       ("--schedule", "the schedule folder (loop_schedule's output)"),
                       ("--reference", "the reference CNN folder (loop_reference's output)"),
                       ("--test", "real test"), ("--val", "real val"))
-    from factory.loops.generation import check_previous, write_inactive
+    from factory.loops.paths import check_previous, write_inactive
     from factory.loops.schedule import read_entry
 
     try:

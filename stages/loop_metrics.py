@@ -18,7 +18,7 @@ PLOTTED = ("fd", "kid", "precision", "recall", "recognition", "cas")
 def main() -> None:
     args = stage_args(__doc__, ("run", "the run's name"), ("rows", "the folder of its g<k>.json rows"),
                       ("--metrics", "the run's metrics file to write"), ("--plot", "the plot rows to write"))
-    from factory.measure.loops import summarise_rows
+    from factory.measure.loop_rows import summarise_rows
 
     rows = []
     for path in sorted(Path(args.rows).glob("g*.json"), key=lambda p: int(p.stem[1:])):

@@ -12,6 +12,8 @@ Outputs of generation k of run ``r`` (a contract; the README documents it):
 - ``models/loop/r/gk``: its generator (generation 1: the main generator, copied);
 - ``metrics/loop/r/gk.json``: its metrics (:mod:`factory.measure.loops`); ``metrics/loop/r.json`` gathers them.
 
+Where they live and the idle outputs of a generation past ``loop.generations``: :mod:`factory.loops.paths`.
+
 A generation past ``loop.generations`` is inactive: its stage writes a small ``inactive.json`` into each
 output instead (DVC needs every declared output), and costs nothing.
 """
@@ -21,60 +23,22 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from factory.config import ClassifierConfig, EmbeddedTrainConfig, GenerateConfig, LoopParams
-from factory.core.errors import FactoryError
-from factory.core.files import atomic_write_bytes, dumps_json, write_json
+from factory.core.files import write_json
 from factory.core.quota import largest_remainder
 from factory.core.sample import sanitize_key
 from factory.core.shards import Dataset
 from factory.data.pools import write_pool
 from factory.generate.plans import PLAN_SCHEMA, Plan, PlanRow, row_seed, write_plan
 from factory.loops.lineage import generation_pool, real_pool
+from factory.loops.paths import GenerationPaths
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "a handwritten {class_name}"
-INACTIVE = "inactive.json"
-
-
-@dataclass(frozen=True)
-class GenerationPaths:
-    """Where generation ``k`` of ``run`` lives, relative to the repository root ``root``."""
-
-    run: str
-    k: int
-    root: Path = Path(".")
-
-    @property
-    def dataset(self) -> Path:
-        return self.root / "data" / "loop" / self.run / f"g{self.k}"
-
-    @property
-    def pool(self) -> Path:
-        return self.root / "data" / "loop" / self.run / f"g{self.k}.pool.json"
-
-    @property
-    def side(self) -> Path:
-        return self.root / "data" / "loop" / self.run / f"g{self.k}.side"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "models" / "loop" / self.run / f"g{self.k}"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics" / "loop" / self.run / f"g{self.k}.json"
-
-    def of(self, k: int) -> "GenerationPaths":
-        return GenerationPaths(self.run, k, self.root)
-
-    def training_set(self, corrected: bool) -> Path:
-        """What later generations train on: the corrected copy when the run corrects, else the samples."""
-        return self.side / "corrected" if corrected else self.dataset
 
 
 def loop_plan(classes: list[str], class_counts: Mapping[str, int], n: int, k: int, seed: int,
@@ -252,26 +216,3 @@ def make_auxiliary(model: Path, samples: Path, aux_model: Path, plan_path: Path,
     cfg = _train_cfg(lp, base, k, steps=steps)
     summary = finetune_generator(model, samples, cfg.replace(seed=(cfg.seed + 7919) % 2**31), aux_model)
     return {"aux_images": sampled["images"], "aux_steps": steps, "aux_final_loss": summary.get("final_loss")}
-
-
-def write_inactive(run: str, k: int, generations: int, root: Path = Path(".")) -> None:
-    """The outputs of a generation past ``loop.generations``: a note in each (DVC needs them to exist)."""
-    paths = GenerationPaths(run, k, root)
-    note = {"run": run, "generation": k, "active": False,
-            "why": f"loop.generations is {generations}: this generation is not part of the loop "
-                   f"(dvc exp run -S loop.generations={k} makes it)"}
-    for d in (paths.dataset, paths.side, paths.model):
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        atomic_write_bytes(d / INACTIVE, dumps_json(note))
-    atomic_write_bytes(paths.pool, dumps_json(note))
-    write_json(paths.metrics, note)
-
-
-def check_previous(run: str, k: int, root: Path = Path(".")) -> None:
-    """Generation ``k`` needs generation k-1 made (not inactive): one line otherwise."""
-    prev = GenerationPaths(run, k - 1, root)
-    if (prev.dataset / INACTIVE).exists() or not (prev.dataset / "index.json").exists():
-        raise FactoryError(f"{prev.dataset}: generation {k - 1} of run {run!r} is not made; generations run in "
-                           "order (dvc repro loop/dvc.yaml)")

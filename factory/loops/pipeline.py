@@ -87,12 +87,12 @@ def render(params: Params, root: Path = Path(".")) -> str:
     stages: dict[str, Any] = {
         "loop_schedule": {"wdir": "..", "cmd": "python stages/loop_schedule.py data/loop/schedule",
                           "deps": code_deps(root, "stages/loop_schedule.py"),
-                          "params": ["loop", "train_generator", "classifier"],
+                          "params": ["base.seed", "loop", "train_generator", "classifier"],
                           "outs": [{"data/loop/schedule": {"cache": False}}]},
         "loop_reference": {"wdir": "..",
                            "cmd": "python stages/loop_reference.py data/real/train data/real/test models/loop/reference",
                            "deps": [*code_deps(root, "stages/loop_reference.py"), "data/real/train", "data/real/test"],
-                           "params": ["loop.measure.reference_epochs", "loop.seed"],
+                           "params": ["loop.measure.reference_epochs", "base.seed"],
                            "outs": ["models/loop/reference"]},
         "loop_sims_study": {"wdir": "..",
                             "cmd": "python stages/loop_sims_study.py data/loop/sims_study --reference "
@@ -101,7 +101,7 @@ def render(params: Params, root: Path = Path(".")) -> str:
                             "deps": [*code_deps(root, "stages/loop_sims_study.py"), "models/generator",
                                      "models/loop/reference", "data/real/train", "data/real/val"],
                             "params": ["loop.sims_study", "loop.sims.images", "loop.sampler", "loop.train",
-                                       "loop.measure", "loop.seed", "loop.generator", "train_generator"],
+                                       "loop.measure", "base.seed", "loop.generator", "train_generator"],
                             "outs": ["data/loop/sims_study", {"plots/loop/sims_study.json": {"cache": False}}],
                             "metrics": [{"metrics/loop/sims_study.json": {"cache": False}}]},
         "loop_first": {"foreach": runs, "do": {

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from factory.config import Params
-from factory.core.files import atomic_write_bytes, dumps_json, read_json
 from factory.core.errors import FactoryError
+from factory.core.files import atomic_write_bytes, dumps_json, read_json
 
 SCHEDULE_SCHEMA = "factory.loop-schedule/1"
 

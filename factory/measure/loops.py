@@ -42,6 +42,7 @@ from factory.curate.hashing import hamming_pairs, words_from_hex
 from factory.data.pools import build_pool
 from factory.measure.dataset_eval import dataset_features
 from factory.measure.features import ReferenceFeatures
+from factory.measure.loop_rows import SUMMARY_METRICS, summarise_rows  # noqa: F401  (re-exported)
 from factory.measure.matched import DEFAULT_MAX_N, compare_matched
 from factory.measure.metrics import METRIC_NAMES
 from factory.measure.recognition import load_reference_classifier
@@ -63,11 +64,6 @@ DENOISE_BATCH = 256  # images per forward pass of the denoising loss (fixed: the
 
 
 PHASH_BITS = 64
-
-
-# The numbers :func:`summarise_rows` follows from the first generation to the last (dotted: nested fields).
-SUMMARY_METRICS = ("fd", "kid", "precision", "recall", "recognition", "cas", "diversity.mean_pairwise_distance",
-                   "denoise_loss.mean")
 
 
 @dataclass
@@ -336,39 +332,3 @@ def measure_generation(dataset: Dataset | str | Path, model_dir: Path | str, *, 
              ds.path, n, out["fd"], out["recognition"], out["cas"], out["diversity"]["mean_pairwise_distance"],
              out["denoise_loss"]["mean"])
     return out
-
-
-# -- a run's generations ---------------------------------------------------------------------------------
-
-
-def _field(row: Mapping[str, Any], dotted: str) -> Any:
-    v: Any = row
-    for part in dotted.split("."):
-        if not isinstance(v, Mapping):
-            return None
-        v = v.get(part)
-    return v
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A run's per-generation rows (each with ``generation``) for the report: ``generations`` (the rows sorted
-    by generation), ``first`` and ``last`` (the first and last measured generation's :data:`SUMMARY_METRICS`,
-    dotted names for nested fields, and its ``generation``; rows marked ``active: false`` are skipped) and
-    ``change`` (last minus first; None where either is missing)."""
-    if any(not _number(r.get("generation")) for r in rows):
-        raise FactoryError("loop summary: every row needs its generation number")
-    ordered = sorted(rows, key=lambda r: r["generation"])
-    measured = [r for r in ordered if r.get("active", True)]
-    if not measured:
-        raise FactoryError("loop summary: no measured generation to summarise")
-
-    def values(r: Mapping[str, Any]) -> dict[str, Any]:
-        return {"generation": r["generation"], **{m: _field(r, m) for m in SUMMARY_METRICS}}
-
-    first, last = values(measured[0]), values(measured[-1])
-    change = {m: last[m] - first[m] if _number(first[m]) and _number(last[m]) else None for m in SUMMARY_METRICS}
-    return {"generations": ordered, "first": first, "last": last, "change": change}
