@@ -34,10 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/loader.py
 
-# the README quotes reports/results.md of the committed run (tests/test_results.py checks the two agree)
+# the README quotes reports/results.md and reports/loop.md of the committed runs (tests/test_results.py checks)
 readme: $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from factory.measure.report import readme_with_results as r; \
-	p = Path('README.md'); p.write_text(r(p.read_text(), Path('reports/results.md').read_text()))"
+	p = Path('README.md'); t = r(p.read_text(), Path('reports/results.md').read_text()); \
+	p.write_text(r(t, Path('reports/loop.md').read_text(), 'reports/loop.md'))"
 
 clean:
 	rm -rf $(VENV)

@@ -222,3 +222,36 @@ def _with_class(corrector: KMeansCorrector, name: str) -> KMeansCorrector:
 def test_output_may_not_be_the_input(corrector, digits_split):
     with pytest.raises(FactoryError):
         correct_dataset(corrector, digits_split[1], digits_split[1])
+
+
+def test_fit_in_a_generators_pixel_space(digits_split, tmp_path):
+    """Real 8x8 digits, samples at the generator's 16x16: the centroids are fit on the real images as the
+    generator's training sees them, so a 16x16 sample is corrected to a 16x16 centroid."""
+    from factory.core.images import to_model_pixels
+    from factory.loops.correct import KMeansCorrector, correct_dataset
+
+    train, test = digits_split
+    c = KMeansCorrector.fit(train, clusters=4, seed=0, size=16)
+    assert c.shape == (16, 16) and c.mode == "L"
+    # a 16x16 "synthetic" set: the test images upsampled as the generator sees them
+    import io
+
+    from PIL import Image
+
+    from factory.core.sample import real_sample
+    from factory.core.shards import Dataset, DatasetWriter
+
+    src = Dataset(test)
+    up = tmp_path / "up"
+    with DatasetWriter(up, "up", src.classes, shard_size=100) as w:
+        for i, s in enumerate(src):
+            if i >= 30:
+                break
+            buf = io.BytesIO()
+            Image.fromarray(to_model_pixels(s.pil(), "L", 16)[:, :, 0], mode="L").save(buf, format="PNG")
+            w.write(real_sample(s.key, buf.getvalue(), s.label, s.class_name, {"dataset": "t", "index": i}))
+    correct_dataset(c, up, tmp_path / "out", strength=1.0)
+    for s in Dataset(tmp_path / "out"):
+        assert s.pil().size == (16, 16)
+        px = np.asarray(s.pil(), dtype=np.float64).reshape(-1)
+        assert min(np.abs(px - np.rint(cent)).max() for cent in c.centroids[s.class_name]) == 0

@@ -273,6 +273,8 @@ def test_loop_runs_stops_resumes_extends_and_proves_its_lineage(repo):
         m = json.loads((repo / f"metrics/loop/{run}.json").read_text())
         assert [row["generation"] for row in m["generations"]] == [1, 2]
         assert json.loads((repo / f"metrics/loop/{run}/g3.json").read_text())["active"] is False
+    page = (repo / "reports/loop.md").read_text()
+    assert "### sims (policy replace, sampler sims)" in page and "SIMS negative guidance at generation 1" in page
     study = json.loads((repo / "metrics/loop/sims_study.json").read_text())
     assert {r_["set"] for r_ in study["rows"]} == {"w0", "w1-b2"} and study["reference"] == "real val"
     # 4. extended: with loop.generations=3 only generation 3 (and what gathers the rows) is out of date,

@@ -103,3 +103,36 @@ def test_report_calibration_shares_per_threshold_and_whether_test_is_within_nois
     del cur["calibration"]["reject_share_detail"]
     md = render({"classifier": {}, "contrastive": {}, "evaluate": None, "bias": None, "curate": cur})
     assert "they would reject 8.7% of real val." in md
+
+
+def _gen(k, fd, lo, hi, cas, cas_ci):
+    return {"generation": k, "active": True, "pool": {"samples": 100, "generations": {"0": 50, str(k - 1): 50}},
+            "fd": fd, "fd_ci95": [lo, hi], "kid": 0.1, "kid_ci95": [0.05, 0.15], "precision": 0.7, "recall": 0.6,
+            "recognition": 0.9, "cas": cas, "cas_ci95": cas_ci,
+            "diversity": {"mean_pairwise_distance": 10.0, "real_mean_pairwise_distance": 12.0,
+                          "near_duplicate_rate": 0.01},
+            "denoise_loss": {"mean": 0.12345}, "floor": {"fd": 1.0, "fd_ci95": [0.5, 1.5]}}
+
+
+def test_loop_report_rows_trends_and_the_sims_study():
+    from factory.measure.loop_report import render_loop
+
+    runs = {"replace": {"policy": "replace", "sampler": "plain", "corrector": None,
+                        "generations": [_gen(1, 2.0, 1.5, 2.5, 0.9, [0.88, 0.92]), _gen(2, 5.0, 4.0, 6.0, 0.91, [0.9, 0.93]),
+                                        {"generation": 3, "active": False}]},
+            "fresh": None}
+    study = {"n": 287, "draws": 3, "bootstrap": 100, "encoder": "reference CNN", "floor": {
+        "label": "real train vs real val", "fd": 1.0, "fd_ci95": [0.5, 1.5]},
+        "rows": [{"set": "w0", "w": 0.0, "steps": None, "fd": 3.0, "fd_ci95": [2.0, 4.0], "kid": 0.1,
+                  "kid_ci95": [0.0, 0.2], "precision": 0.7, "recall": 0.6, "recognition": 0.95, "vs_w0": {}},
+                 {"set": "w1-b30", "w": 1.0, "steps": 30, "fd": 2.5, "fd_ci95": [1.8, 3.2], "kid": 0.09,
+                  "kid_ci95": [0.0, 0.2], "precision": 0.7, "recall": 0.6, "recognition": 0.96,
+                  "vs_w0": {"fd": "within noise", "kid": "within noise"}}],
+        "best_fd": {"set": "w1-b30", "w": 1.0, "steps": 30, "vs_w0": {"fd": "within noise", "kid": "within noise"}}}
+    md = render_loop(runs, study, ["replace", "fresh"])
+    assert "### replace (policy replace, sampler plain)" in md and "### fresh" not in md
+    assert "| 1 | 100 (g0: 50) | 2.0000 [1.5000, 2.5000] | 0.1000 [0.0500, 0.1500] | 0.700 | 0.600 | 90.0% |" in md
+    assert "| 2 | 100 (g0: 50, g1: 50) | 5.0000 [4.0000, 6.0000] |" in md
+    assert "| 3 |" not in md  # an idle generation is not a row
+    assert "From generation 1 to 2: FD up, KID within noise, CAS within noise" in md
+    assert "| 1.0 | 30 | 2.5000 [1.8000, 3.2000] |" in md and "Lowest FD: w = 1.0 at B = 30 (fd within noise" in md

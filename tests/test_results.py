@@ -18,25 +18,29 @@ def md5(path: Path) -> str:
 
 
 def locked_outputs() -> dict[str, str]:
-    """Every file output (md5) that dvc.lock records, metrics and reports included."""
-    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    """Every file output (md5) that dvc.lock and loop/dvc.lock record, metrics and reports included (paths
+    from the repository root: the loop stages run there)."""
     out = {}
-    for stage in lock["stages"].values():
-        for o in stage.get("outs", []):
-            if "md5" in o and not o["md5"].endswith(".dir"):
-                out[o["path"]] = o["md5"]
+    for lock_file in (REPO / "dvc.lock", REPO / "loop" / "dvc.lock"):
+        lock = yaml.safe_load(lock_file.read_text())
+        for stage in lock["stages"].values():
+            for o in stage.get("outs", []):
+                if "md5" in o and not o["md5"].endswith(".dir"):
+                    out[o["path"]] = o["md5"]
     return out
 
 
-def test_readme_quotes_the_committed_results_md():
-    results = (REPO / "reports/results.md").read_text()
-    assert quoted_results((REPO / "README.md").read_text()) == results_block(results), \
-        "README's results differ from reports/results.md: run `make readme`"
+@pytest.mark.parametrize("name", ["reports/results.md", "reports/loop.md"])
+def test_readme_quotes_the_committed_results_md(name):
+    results = (REPO / name).read_text()
+    assert quoted_results((REPO / "README.md").read_text(), name) == results_block(results), \
+        f"README's results differ from {name}: run `make readme`"
 
 
 def test_results_and_metrics_are_the_locked_run_outputs():
     locked = locked_outputs()
-    committed = ["reports/results.md", "reports/curate.json", "metrics/evaluate.json", "metrics/bias.json",
+    committed = ["reports/results.md", "reports/loop.md", "reports/curate.json", "metrics/evaluate.json",
+                 "metrics/bias.json", "metrics/loop/sims_study.json",
                  *(str(p.relative_to(REPO)) for p in sorted((REPO / "metrics").rglob("*.json")))]
     for path in committed:
         assert path in locked, f"{path} is not an output in dvc.lock"

@@ -69,6 +69,17 @@ def pixels(sample: Sample) -> tuple[np.ndarray, str]:
     return np.asarray(im, dtype=np.uint8), im.mode
 
 
+def _model_pixels(sample: Sample, size: int) -> tuple[np.ndarray, str]:
+    """A real image as a generator trained on it sees it (:func:`factory.core.images.to_model_pixels`: the
+    one conversion of images to model pixels), L unless the image is colour."""
+    from factory.core.images import colour_mode, to_model_pixels
+
+    im = sample.pil()
+    mode = colour_mode([im])
+    px = to_model_pixels(im, mode, size)  # H, W, C uint8
+    return (px[:, :, 0] if mode == "L" else px), mode
+
+
 def _png(px: np.ndarray, mode: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(px), mode=mode).save(buf, format="PNG", compress_level=9)
@@ -102,11 +113,15 @@ class KMeansCorrector:
 
     @classmethod
     def fit(cls, real: Dataset | Path | str, clusters: int = 16, seed: int = 0,
-            progress: Progress | None = None) -> "KMeansCorrector":
+            progress: Progress | None = None, size: int | None = None) -> "KMeansCorrector":
         """Fit ``clusters`` k-means centroids per class on the pixels of ``real`` (every image read through
         the full checks of ``factory verify``). A class with fewer distinct images than ``clusters`` gets
         one cluster per distinct image (its centroids are then its images); a class without images gets
-        none, and correcting a sample of it fails. Images of mixed sizes or modes are refused."""
+        none, and correcting a sample of it fails. Images of mixed sizes or modes are refused.
+
+        ``size``: fit in a generator's pixel space instead of the stored one: every real image converted
+        exactly as the generator's training converts it (:func:`factory.core.images.images_to_tensor`,
+        e.g. the 8x8 digits to the embedded model's 16x16), so the centroids live where its samples do."""
         from sklearn.cluster import KMeans  # imported lazily: it is slow to import
 
         if not isinstance(clusters, int) or isinstance(clusters, bool) or clusters < 1:
@@ -121,7 +136,7 @@ class KMeansCorrector:
         if progress is not None:
             samples = progress(samples, f"fit k-means on {ds.path.name}", len(ds))
         for s in samples:
-            px, m = pixels(s)
+            px, m = pixels(s) if size is None else _model_pixels(s, size)
             if shape is None:
                 mode, shape = m, px.shape
             elif (m, px.shape) != (mode, shape):

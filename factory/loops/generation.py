@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from factory.config import ClassifierConfig, EmbeddedTrainConfig, GenerateConfig, LoopParams
-from factory.core.files import write_json
+from factory.core.files import read_json, write_json
 from factory.core.quota import largest_remainder
 from factory.core.sample import sanitize_key
 from factory.core.shards import Dataset
@@ -174,7 +174,8 @@ def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = P
     correction: dict[str, Any] | None = None
     if corrected:
         t = time.perf_counter()
-        corrector = KMeansCorrector.fit(real, clusters=lp.corrector.clusters, seed=lp.seed)
+        size = int(read_json(paths.model / "config.json", what="generator config")["image_size"])
+        corrector = KMeansCorrector.fit(real, clusters=lp.corrector.clusters, seed=lp.seed, size=size)
         correction = correct_dataset(corrector, paths.dataset, paths.side / "corrected",
                                      strength=lp.corrector.strength, name=f"loop-{run}-g{k}-corrected")
         timings["correct"] = round(time.perf_counter() - t, 2)

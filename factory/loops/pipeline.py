@@ -123,6 +123,11 @@ def render(params: Params, root: Path = Path(".")) -> str:
                      *[f"metrics/loop/${{item}}/g{k}.json" for k in range(1, top + 1)]],
             "outs": [{"plots/loop/${item}.json": {"cache": False}}],
             "metrics": [{"metrics/loop/${item}.json": {"cache": False}}]}},
+        "loop_report": {"wdir": "..", "cmd": "python stages/loop_report.py metrics/loop --markdown reports/loop.md",
+                        "deps": [*code_deps(root, "stages/loop_report.py"),
+                                 *[f"metrics/loop/{r}.json" for r in runs], "metrics/loop/sims_study.json"],
+                        "params": ["loop.runs"],
+                        "outs": [{"reports/loop.md": {"cache": False}}]},
     }
     plots = [{f"loop_{m}": {"x": "generation", "y": {f"../plots/loop/{r}.json": m for r in runs},
                             "title": f"{m} by generation, one line per run"}} for m in PLOTTED]

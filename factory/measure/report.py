@@ -329,8 +329,13 @@ def to_html(markdown: str) -> str:
     return f"<!doctype html><meta charset=utf-8><title>Results</title><style>{style}</style>\n" + "\n".join(body) + "\n"
 
 
-RESULTS_BEGIN = "<!-- reports/results.md begins: `make readme` copies it here, tests/test_results.py checks -->"
-RESULTS_END = "<!-- reports/results.md ends -->"
+def markers(name: str) -> tuple[str, str]:
+    """The README lines around the quoted copy of ``name`` (e.g. ``reports/results.md``)."""
+    return (f"<!-- {name} begins: `make readme` copies it here, tests/test_results.py checks -->",
+            f"<!-- {name} ends -->")
+
+
+RESULTS_BEGIN, RESULTS_END = markers("reports/results.md")
 
 
 def results_block(results_md: str) -> str:
@@ -341,18 +346,23 @@ def results_block(results_md: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def readme_with_results(readme: str, results_md: str) -> str:
-    """``readme`` with the text between :data:`RESULTS_BEGIN` and :data:`RESULTS_END` replaced by
-    :func:`results_block` of ``results_md``."""
-    if readme.count(RESULTS_BEGIN) != 1 or readme.count(RESULTS_END) != 1:
-        raise FactoryError(f"README: expected one {RESULTS_BEGIN!r} and one {RESULTS_END!r} line")
-    head, rest = readme.split(RESULTS_BEGIN)
-    _, tail = rest.split(RESULTS_END)
-    return f"{head}{RESULTS_BEGIN}\n\n{results_block(results_md)}\n\n{RESULTS_END}{tail}"
+def readme_with_results(readme: str, results_md: str, name: str = "reports/results.md") -> str:
+    """``readme`` with the text between the :func:`markers` of ``name`` replaced by :func:`results_block` of
+    ``results_md``."""
+    begin, end = _markers_in(readme, name)
+    head, rest = readme.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n\n{results_block(results_md)}\n\n{end}{tail}"
 
 
-def quoted_results(readme: str) -> str:
-    """The results block the README quotes now."""
-    if readme.count(RESULTS_BEGIN) != 1 or readme.count(RESULTS_END) != 1:
-        raise FactoryError(f"README: expected one {RESULTS_BEGIN!r} and one {RESULTS_END!r} line")
-    return readme.split(RESULTS_BEGIN)[1].split(RESULTS_END)[0].strip("\n")
+def quoted_results(readme: str, name: str = "reports/results.md") -> str:
+    """The block of ``name`` the README quotes now."""
+    begin, end = _markers_in(readme, name)
+    return readme.split(begin)[1].split(end)[0].strip("\n")
+
+
+def _markers_in(readme: str, name: str) -> tuple[str, str]:
+    begin, end = markers(name)
+    if readme.count(begin) != 1 or readme.count(end) != 1:
+        raise FactoryError(f"README: expected one {begin!r} and one {end!r} line")
+    return begin, end

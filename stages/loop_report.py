@@ -1,0 +1,32 @@
+"""Stage ``loop_report``: every run's metrics and the SIMS study -> reports/loop.md.
+
+    python stages/loop_report.py METRICS_DIR --markdown FILE
+    # loop/dvc.yaml: python stages/loop_report.py metrics/loop --markdown reports/loop.md
+"""
+
+import json
+from pathlib import Path
+
+from factory.config import load_params
+from factory.core.files import atomic_write_bytes
+from factory.core.stage import run_stage, stage_args
+from factory.measure.loop_report import render_loop
+
+
+def main() -> None:
+    args = stage_args(__doc__, ("metrics", "the folder of metrics/loop/<run>.json"),
+                      ("--markdown", "the page to write"))
+    runs = list(load_params().loop.runs)
+    root = Path(args.metrics)
+
+    def read(name: str):
+        p = root / f"{name}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    md = render_loop({r: read(r) for r in runs}, read("sims_study"), runs)
+    atomic_write_bytes(Path(args.markdown), md.encode())
+    print(md)
+
+
+if __name__ == "__main__":
+    run_stage(main)
