@@ -20,8 +20,13 @@ def main() -> None:
                       ("--metrics", "the run's metrics file to write"), ("--plot", "the plot rows to write"))
     from factory.measure.loop_rows import summarise_rows
 
+    from factory.config import load_params
+
     rows = []
-    for path in sorted(Path(args.rows).glob("g*.json"), key=lambda p: int(p.stem[1:])):
+    for k in range(1, load_params().loop.max_generations + 1):  # the files loop/dvc.yaml declares, no stale one
+        path = Path(args.rows) / f"g{k}.json"
+        if not path.is_file():
+            continue
         row = json.loads(path.read_text())
         if row.get("active"):
             rows.append(row)
