@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from factory.config.base import Bool, Float, Int, Section, Seed, field_error, number
 
-Policy = Literal["replace", "accumulate", "accumulate_subsample", "fresh"]
+Policy = Literal["replace", "accumulate", "accumulate_subsample", "fresh", "real"]
 POLICIES = get_args(Policy)
 LoopSampler = Literal["plain", "sims"]
 Corrector = Literal["kmeans"]
@@ -44,6 +44,9 @@ class LoopTrain(Section):
     lr: number(gt=0) = 5e-4
     warmup_steps: Int = Field(0, ge=0)
     batch_size: Int = Field(128, ge=1)
+    # restart: the EMA's decay schedule starts afresh (after a short fine-tune it is close to the raw weights);
+    # continue: it goes on from the previous model's EMA (decay ~0.98): see finetune_generator
+    ema: Literal["restart", "continue"] = "restart"
     scratch_steps: Int = Field(500, ge=1)
 
 

@@ -146,11 +146,12 @@ def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = P
         base = EmbeddedTrainConfig.model_validate(entry["train_generator"])
         cfg = _train_cfg(lp, base, k)
         if lp.init == "finetune":
-            summary = finetune_generator(prev.model, paths.pool, cfg, paths.model)
+            summary = finetune_generator(prev.model, paths.pool, cfg, paths.model, ema=lp.train.ema)
         else:
             summary = train_generator(paths.pool, cfg, paths.model)
         train = {"init": lp.init, "from": str(prev.model) if lp.init == "finetune" else None, "steps": cfg.steps,
-                 "lr": cfg.lr, "final_loss": summary.get("final_loss")}
+                 "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
+                 "ema": lp.train.ema if lp.init == "finetune" else None, "final_loss": summary.get("final_loss")}
     write_pool(pool, paths.pool)
     timings["train"] = round(time.perf_counter() - t, 2)
 
@@ -215,5 +216,6 @@ def make_auxiliary(model: Path, samples: Path, aux_model: Path, plan_path: Path,
     plan = loop_plan(real_ds.classes, counts, n, k, lp.seed, prefix="aux-")
     sampled = _sample(plan, plan_path, model, samples, lp, f"aux-g{k}")
     cfg = _train_cfg(lp, base, k, steps=steps)
-    summary = finetune_generator(model, samples, cfg.replace(seed=(cfg.seed + 7919) % 2**31), aux_model)
+    summary = finetune_generator(model, samples, cfg.replace(seed=(cfg.seed + 7919) % 2**31), aux_model,
+                                 ema=lp.train.ema)
     return {"aux_images": sampled["images"], "aux_steps": steps, "aux_final_loss": summary.get("final_loss")}

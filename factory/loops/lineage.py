@@ -7,7 +7,9 @@ synthetic dataset, or the corrected copy when the run corrects):
 - ``replace``: S_{k-1} only (Gerstgrasser et al.'s "replace": error grows);
 - ``accumulate``: real train + S_1 .. S_{k-1} (their "accumulate": error stays bounded);
 - ``accumulate_subsample``: that pool subsampled to |real train| (as much data as replace, other data);
-- ``fresh``: real train + S_{k-1}, a fresh set of lambda x |real train| images (Gillman et al.'s setting).
+- ``fresh``: real train + S_{k-1}, a fresh set of lambda x |real train| images (Gillman et al.'s setting);
+- ``real``: real train only, every generation (the control: what fine-tuning alone does to the model, with no
+  synthetic data in the pool).
 
 ``loop.extra`` datasets join every pool after generation 1. Every sample entering a pool must have known
 provenance (:func:`provenance_problem`): a real sample with generation 0 and an origin, or a synthetic one
@@ -79,6 +81,8 @@ def components_for(policy: str, k: int, real: Path | str, sets: Sequence[Path | 
     extra_c = [Component(dataset=str(p)) for p in extra]
     if policy == "replace":
         return [Component(dataset=str(sets[-1])), *extra_c]
+    if policy == "real":
+        return [Component(dataset=str(real)), *extra_c]
     if policy == "fresh":
         return [Component(dataset=str(real)), Component(dataset=str(sets[-1])), *extra_c]
     if policy in ("accumulate", "accumulate_subsample"):
@@ -124,7 +128,7 @@ def check_policy(pool: Mapping[str, Any], policy: str, k: int, real: Path | str,
                  extra: Sequence[Path | str] = ()) -> None:
     """Raise unless ``pool`` holds what ``policy`` says generation ``k`` trains on (extra datasets aside):
     replace only generation k-1 samples; accumulate real train and every generation 1..k-1; fresh real
-    train and generation k-1 only."""
+    train and generation k-1 only; real only real train."""
     extra_paths = {str(Path(p)) for p in extra}
     gens: Counter[int] = Counter()
     real_ref = Dataset(real).index_sha256
@@ -136,7 +140,7 @@ def check_policy(pool: Mapping[str, Any], policy: str, k: int, real: Path | str,
             gens[int(g)] += n
         if comp["dataset"]["index_sha256"] == real_ref:
             real_seen = True
-    want = {"replace": {k - 1}, "fresh": {0, k - 1}, "accumulate": set(range(k)),
+    want = {"replace": {k - 1}, "fresh": {0, k - 1}, "real": {0}, "accumulate": set(range(k)),
             "accumulate_subsample": set(range(k))}[policy]
     got = {g for g, n in gens.items() if n}
     if got != want or (0 in want and not real_seen):

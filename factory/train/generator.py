@@ -223,9 +223,12 @@ def _train_scheduler(cfg: EmbeddedTrainConfig):
 
 
 def _fit(model: ConditionalUNet, data: TrainingData, cfg: EmbeddedTrainConfig, scheduler: Any, name: str,
-         progress: Progress | None) -> tuple[ConditionalUNet, Loop]:
+         progress: Progress | None, ema_offset: int = 0) -> tuple[ConditionalUNet, Loop]:
     """Train ``model`` on ``data`` for ``cfg.steps`` steps; returns its EMA (which starts as a copy of
-    ``model``, so a fine-tuned EMA starts from the initial weights) and the loop (steps, losses)."""
+    ``model``, so a fine-tuned EMA starts from the initial weights) and the loop (steps, losses).
+
+    ``ema_offset``: updates the EMA has already averaged (its decay schedule continues from there; 0 starts
+    it afresh, when the decay is ~0.1 at the first update and the EMA follows the raw weights closely)."""
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters()]
@@ -257,8 +260,8 @@ def _fit(model: ConditionalUNet, data: TrainingData, cfg: EmbeddedTrainConfig, s
         loss = nn.functional.mse_loss(pred, noise)
         # 4. update: linear warm-up of the learning rate, then constant
         optimize(optimizer, loss, lr=warmup_lr(cfg.lr, step, cfg.warmup_steps, ratio_first=True))
-        # 5. EMA of the weights: decay min(max_decay, (1 + t) / (10 + t)), t = updates so far
-        ema_update(ema_params, params, step, cfg.ema_max_decay)
+        # 5. EMA of the weights: decay min(max_decay, (1 + t) / (10 + t)), t = updates so far (+ the offset)
+        ema_update(ema_params, params, step + ema_offset, cfg.ema_max_decay)
         loop.record(loss)
     return ema, loop
 
@@ -335,9 +338,18 @@ def train_generator(dataset: Dataset | Mapping[str, Any] | str | Path, cfg: Embe
     return summary
 
 
+def ema_steps(config: Mapping[str, Any]) -> int:
+    """The updates a model folder's EMA weights average over: ``ema_steps`` as a fine-tune records it, or its
+    training steps (a model trained from scratch)."""
+    if isinstance(config.get("ema_steps"), int):
+        return int(config["ema_steps"])
+    steps = (config.get("summary") or {}).get("steps", (config.get("train") or {}).get("steps", 0))
+    return int(steps or 0)
+
+
 def finetune_generator(init_dir: Path | str, data: Dataset | Mapping[str, Any] | str | Path,
                        cfg: EmbeddedTrainConfig, out_dir: Path | str,
-                       progress: Progress | None = None) -> dict[str, Any]:
+                       progress: Progress | None = None, *, ema: str = "restart") -> dict[str, Any]:
     """Fine-tune the embedded generator in ``init_dir`` on ``data`` and save the result to ``out_dir``.
 
     The model and its EMA start from the weights saved in ``init_dir`` (its EMA weights). Its
@@ -345,6 +357,10 @@ def finetune_generator(init_dir: Path | str, data: Dataset | Mapping[str, Any] |
     architecture fields are ignored, ``data``'s classes must equal the model's, attribute values it does
     not know train as the null token and axes it lacks are ignored. ``cfg`` gives the optimisation: steps,
     lr, batch size, warm-up, label dropout, EMA decay, seed. ``data`` is as for :func:`train_generator`.
+
+    ``ema``: ``restart`` starts the EMA's decay schedule afresh (decay ~0.1 at the first update: after a short
+    fine-tune the EMA is close to the raw weights); ``continue`` goes on with the schedule of the model's
+    EMA (:func:`ema_steps` updates so far, decay ~0.98 after 500), as if training had not stopped.
 
     The folder's ``config.json`` records ``parents`` (the datasets of ``data``), ``generation`` (the
     highest generation among the training samples + 1) and ``init`` {``model``: ``init_dir`` as given,
@@ -368,16 +384,20 @@ def finetune_generator(init_dir: Path | str, data: Dataset | Mapping[str, Any] |
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(init["train_scheduler"])
-    log.info("fine-tuning the embedded generator %s on %d images for %d steps", init_dir, len(train_data.labels),
-             cfg.steps)
-    ema, loop = _fit(model, train_data, cfg, scheduler, "finetune_generator", progress)
+    if ema not in ("restart", "continue"):
+        raise FactoryError(f"ema {ema!r}: restart or continue")
+    offset = ema_steps(init) if ema == "continue" else 0
+    log.info("fine-tuning the embedded generator %s on %d images for %d steps (EMA: %s)", init_dir,
+             len(train_data.labels), cfg.steps, ema if not offset else f"continued after {offset} updates")
+    ema_model, loop = _fit(model, train_data, cfg, scheduler, "finetune_generator", progress, offset)
     summary = _summary(loop, model, len(train_data.labels))
     arch = {k: init["train"][k] for k in ARCHITECTURE_FIELDS if k in init.get("train", {})}
     config = _config(unet=init["unet"], classes=init["classes"], data=train_data, channels=channels,
                      image_size=image_size, train_scheduler=init["train_scheduler"], train={**cfg.to_dict(), **arch},
                      parents=tset.parents, summary=summary)
-    config["init"] = {"model": str(init_dir), "weights_sha256": init_sha}
-    save_model(ema, config, out_dir)
+    config["init"] = {"model": str(init_dir), "weights_sha256": init_sha, "ema": ema}
+    config["ema_steps"] = offset + loop.step
+    save_model(ema_model, config, out_dir)
     log.info("saved the fine-tuned embedded generator to %s: %d steps in %.0f s, final loss %.4f",
              out_dir, loop.step, loop.seconds, summary["final_loss"])
     return summary
