@@ -31,7 +31,10 @@ DEFAULT_RECIPES = (
     "continue_5e-4_30:lr=5e-4,steps=30,warmup=0,ema=continue",
     "continue_5e-4_20:lr=5e-4,steps=20,warmup=0,ema=continue",
     "continue_1e-3_20:lr=1e-3,steps=20,warmup=0,ema=continue",
+    "restart_3e-4_20:lr=3e-4,steps=20,warmup=0,ema=restart",
+    "restart_2e-4_30:lr=2e-4,steps=30,warmup=0,ema=restart",
     "restart_2e-4_20:lr=2e-4,steps=20,warmup=0,ema=restart",
+    "restart_1e-4_30:lr=1e-4,steps=30,warmup=0,ema=restart",
 )
 
 

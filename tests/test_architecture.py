@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
-import ast
+import functools
 from pathlib import Path
 
 import yaml
+
+from factory.core import code
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "factory"
@@ -20,53 +22,20 @@ LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "l
 MAX_LINES = 500
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def module_file(name: str) -> Path | None:
-    base = ROOT.joinpath(*name.split("."))
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file():
-            return p
-    return None
+    return code.module_file(ROOT, name)
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every ``factory`` module a file imports, anywhere in it (function-level imports too), with the
-    packages on the way (importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__``)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name != "factory" and not name.startswith("factory."):
-                continue
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):
-                if module_file(".".join(parts[:i])) is not None:
-                    found.add(".".join(parts[:i]))
-    return found
+    return code.imports_of(ROOT, path)
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
-    return {module_name(p): imports_of(p) - {module_name(p)} for p in sorted(PACKAGE.rglob("*.py"))}
+    return code.import_graph(ROOT)
 
 
-def closure(start: set[str], g: dict[str, set[str]]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(start)
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo.extend(g.get(m, ()))
-    return seen
+closure = code.closure
 
 
 def layer(module: str) -> int | None:

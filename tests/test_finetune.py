@@ -93,7 +93,8 @@ def test_finetune_starts_from_the_init_weights_and_records_its_lineage(tmp_path,
 
     c, ic = config(out), config(generator_dir)
     init_sha = file_sha256(generator_dir / "model.safetensors")
-    assert c["init"] == {"model": str(generator_dir), "weights_sha256": init_sha}
+    assert c["init"] == {"model": str(generator_dir), "weights_sha256": init_sha, "ema": "restart"}
+    assert c["ema_steps"] == 1  # a restarted EMA has averaged this fine-tune's update only
     assert c["parents"] == [Dataset(digits_split[0]).ref()] and c["generation"] == 1
     for k in ("unet", "classes", "attributes", "channels", "image_size", "train_scheduler", "image_mode"):
         assert c[k] == ic[k], k
@@ -109,6 +110,32 @@ def test_finetune_moves_the_weights_and_is_deterministic(tmp_path, generator_dir
     a, b, c = (file_sha256(tmp_path / n / "model.safetensors") for n in "abc")
     assert a == b != c != file_sha256(generator_dir / "model.safetensors")
     assert (tmp_path / "a" / "config.json").read_bytes() == (tmp_path / "b" / "config.json").read_bytes()
+
+
+def test_continued_ema_stays_nearer_the_init_and_counts_its_updates(tmp_path, generator_dir, digits_split):
+    """ema=continue goes on with the init model's EMA schedule (decay ~0.98 after hundreds of updates): the
+    saved weights move less from the init than a restarted EMA's (which follow the raw weights), with the
+    same optimisation; ema_steps adds up over fine-tunes."""
+    from factory.train.generator import ema_steps
+
+    init_steps = ema_steps(config(generator_dir))
+    assert init_steps == config(generator_dir)["summary"]["steps"] > 0
+    finetune_generator(generator_dir, digits_split[0], cfg(steps=4), tmp_path / "restart")
+    finetune_generator(generator_dir, digits_split[0], cfg(steps=4), tmp_path / "cont", ema="continue")
+    init = weights(generator_dir)
+
+    def moved(d):
+        w = weights(d)
+        return sum(float(((w[k] - init[k]) ** 2).sum()) for k in init) ** 0.5
+
+    # the tiny generator has 15 updates behind it (decay ~0.63 where a restarted EMA's is 0.1-0.3)
+    assert 0 < moved(tmp_path / "cont") < 0.8 * moved(tmp_path / "restart")
+    assert config(tmp_path / "cont")["ema_steps"] == init_steps + 4
+    assert config(tmp_path / "cont")["init"]["ema"] == "continue"
+    finetune_generator(tmp_path / "cont", digits_split[0], cfg(steps=2), tmp_path / "cont2", ema="continue")
+    assert config(tmp_path / "cont2")["ema_steps"] == init_steps + 6
+    with pytest.raises(FactoryError, match="ema 'sometimes': restart or continue"):
+        finetune_generator(generator_dir, digits_split[0], cfg(), tmp_path / "x", ema="sometimes")
 
 
 def test_pool_of_two_datasets_trains_from_scratch_and_fine_tuned(tmp_path, generator_dir, pool, synthetic,

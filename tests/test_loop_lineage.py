@@ -76,6 +76,12 @@ def test_policies_pool_what_the_papers_train_on(gens):
     pool = generation_pool("f", "fresh", 3, train, [s1, s2])
     assert pool["loop"]["generations"] == {"0": n_real, "2": len(Dataset(s2))}
     assert pool["loop"]["run"] == "f" and pool["loop"]["generation"] == 3 and pool["name"] == "loop-f-g3"
+    # real (the control): real train only, whatever the generation
+    pool = generation_pool("c", "real", 3, train, [s1, s2])
+    assert [c["dataset"]["path"] for c in pool["components"]] == [str(train)]
+    assert pool["loop"]["generations"] == {"0": n_real} and pool["synthetic_fraction"] == 0.0
+    with pytest.raises(FactoryError, match=r"policy real at generation 3 must hold generations \[0\]"):
+        check_policy(generation_pool("f", "fresh", 3, train, [s1, s2]), "real", 3, train)
 
 
 def test_generation_one_pool_is_real_train(gens):
@@ -87,7 +93,8 @@ def test_generation_one_pool_is_real_train(gens):
 def test_check_policy_refuses_a_pool_that_breaks_the_policy(gens):
     train, s1, s2, _ = gens
     accumulate = generation_pool("a", "accumulate", 3, train, [s1, s2])
-    with pytest.raises(FactoryError, match=r"policy replace at generation 3 must hold generations \[2\]; it holds \[0, 1, 2\]"):
+    with pytest.raises(FactoryError,
+                       match=r"policy replace at generation 3 must hold generations \[2\]; it holds \[0, 1, 2\]"):
         check_policy(accumulate, "replace", 3, train)
     replace = generation_pool("r", "replace", 3, train, [s1, s2])
     with pytest.raises(FactoryError, match=r"policy accumulate at generation 3 must hold generations \[0, 1, 2\]"):
@@ -130,7 +137,8 @@ def test_schedule_changes_only_what_a_param_change_touches(tmp_path):
     assert {n for n in e5 if e5[n] != eb[n]} == {f"{r}-g{k}.json" for r in runs for k in range(1, 6)}
     bad = tmp_path / "params.yaml"
     bad.write_text("loop:\n  generations: 9\n")
-    with pytest.raises(FactoryError, match=r"params.yaml: loop.generations: must be at most loop.max_generations \(8: "):
+    with pytest.raises(FactoryError,
+                       match=r"params.yaml: loop.generations: must be at most loop.max_generations \(8: "):
         load_params(bad)
 
 

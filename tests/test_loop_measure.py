@@ -151,3 +151,39 @@ def test_summarise_rows_first_last_change():
     assert s["change"]["denoise_loss.mean"] == pytest.approx(0.3) and s["change"]["precision"] == 0.0
     with pytest.raises(FactoryError):
         summarise_rows([{"fd": 1.0}])
+
+
+def test_first_generations_that_sample_the_same_plan_are_measured_once(tmp_path, generator_dir, real, monkeypatch):
+    """loop_first makes generation 1 of every run in one process: runs that sample the same plan with the same
+    model (replace and accumulate) are measured once and say so; a run with another plan (fresh) is measured;
+    each keeps its own outputs and provenance."""
+    import factory.measure.loops as measure_loops
+    from factory.config import load_params
+    from factory.loops.generation import run_first
+    from factory.loops.schedule import entries
+
+    calls = []
+
+    def counting(dataset, *args, **kwargs):
+        calls.append(str(dataset))
+        return measure_generation(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(measure_loops, "measure_generation", counting)
+    params = load_params()
+    loop = {"generations": 1, "max_generations": 1, "real": str(real["train"]), "generator": str(generator_dir),
+            "images": 0.05, "fresh_images": 0.03, "sampler": {"steps": 2, "batch_size": 16},
+            "measure": {"draws": 1, "bootstrap": 5, "k": 2, "cas_steps": 2, "cas_seeds": [0],
+                        "denoise_timesteps": [500]},
+            "runs": {"replace": {"policy": "replace"}, "accumulate": {"policy": "accumulate"},
+                     "fresh": {"policy": "fresh"}}}
+    params = params.model_validate({**params.model_dump(mode="json"), "loop": loop})
+    firsts = {name.split("-g")[0]: e for name, e in entries(params).items()}
+    rows = run_first(firsts, root=tmp_path, reference=real["reference"], real_test=real["test"], real_val=real["val"])
+    assert calls == [str(tmp_path / "data/loop/replace/g1"), str(tmp_path / "data/loop/fresh/g1")]
+    assert rows["accumulate"]["measured_as"] == {"run": "replace", "why": "same model weights and samples"}
+    assert "measured_as" not in rows["replace"] and "measured_as" not in rows["fresh"]
+    assert rows["accumulate"]["fd"] == rows["replace"]["fd"] and rows["accumulate"]["run"] == "accumulate"
+    saved = json.loads((tmp_path / "metrics/loop/accumulate/g1.json").read_text())
+    assert saved["measured_as"]["run"] == "replace" and saved["cas"] == rows["replace"]["cas"]
+    rec = next(Dataset(tmp_path / "data/loop/accumulate/g1").records())
+    assert rec["generator"]["model"] == str(tmp_path / "models/loop/accumulate/g1")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from factory.config import ClassifierConfig, EmbeddedTrainConfig, GenerateConfig, LoopParams
-from factory.core.files import read_json, write_json
+from factory.core.files import file_sha256, read_json, write_json
 from factory.core.quota import largest_remainder
 from factory.core.sample import sanitize_key
 from factory.core.shards import Dataset
@@ -114,9 +114,27 @@ def copy_model(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
+def measure_key(dataset: Path, model: Path) -> str:
+    """What a generation's metrics depend on: its model's weights and its samples (key, label, image sha256),
+    as one sha256. Two generations with the same key have the same metrics (generation 1 of runs that sample
+    the same plan with the same model)."""
+    import hashlib
+
+    from factory.generate.backends.embedded import WEIGHTS_NAME
+
+    h = hashlib.sha256(file_sha256(model / WEIGHTS_NAME).encode())
+    for rec in Dataset(dataset).records():
+        h.update(f"\n{rec['key']}\t{rec['label']}\t{rec['sha256']}".encode())
+    return h.hexdigest()
+
+
 def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = Path("."),
-                   reference: Path, real_test: Path, real_val: Path) -> dict[str, Any]:
-    """Make generation ``k`` of ``run`` from its schedule ``entry`` (see :mod:`factory.loops.schedule`)."""
+                   reference: Path, real_test: Path, real_val: Path,
+                   measured: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Make generation ``k`` of ``run`` from its schedule ``entry`` (see :mod:`factory.loops.schedule`).
+
+    ``measured``: metrics already computed in this process, by :func:`measure_key` (run, metrics); a
+    generation whose key is there takes them (the row says from which run) instead of measuring again."""
     from factory.loops.correct import KMeansCorrector, correct_dataset
     from factory.measure.loops import LoopMeasureConfig, measure_generation
     from factory.train.generator import finetune_generator, train_generator
@@ -189,8 +207,15 @@ def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = P
                              cas_seeds=tuple(m.cas_seeds), cas_batch_size=cls.batch_size, cas_lr=cls.lr,
                              duplicate_distance=m.duplicate_distance,
                              denoise_timesteps=tuple(m.denoise_timesteps))
-    metrics = measure_generation(paths.dataset, paths.model, reference=reference, real_test=real_test,
-                                 real_val=real_val, cfg=mcfg)
+    key = measure_key(paths.dataset, paths.model) if measured is not None else None
+    shared = measured.get(key) if measured is not None and key is not None else None
+    if shared is not None:
+        metrics = {**shared[1], "measured_as": {"run": shared[0], "why": "same model weights and samples"}}
+    else:
+        metrics = measure_generation(paths.dataset, paths.model, reference=reference, real_test=real_test,
+                                     real_val=real_val, cfg=mcfg)
+        if measured is not None and key is not None:
+            measured[key] = (run, metrics)
     timings["measure"] = round(time.perf_counter() - t, 2)
     row = {"run": run, "generation": k, "active": True, "policy": spec.policy, "sampler": spec.sampler,
            "corrector": spec.corrector, "pool": {"samples": pool["samples"], "generations": pool["loop"]["generations"],
@@ -203,6 +228,15 @@ def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = P
     timings["total"] = round(time.perf_counter() - start, 2)
     log.info("loop %s generation %d: %s", run, k, timings)
     return {**row, "timings": timings}
+
+
+def run_first(entries: Mapping[str, Mapping[str, Any]], *, root: Path = Path("."), reference: Path,
+                real_test: Path, real_val: Path) -> dict[str, dict[str, Any]]:
+    """Generation 1 of every run (``entries``: run -> its generation-1 schedule entry), in one process: runs
+    whose first generation samples the same plan with the same model (the main generator) measure it once."""
+    measured: dict[str, tuple[str, dict[str, Any]]] = {}
+    return {run: run_generation(run, 1, entry, root=root, reference=reference, real_test=real_test,
+                                real_val=real_val, measured=measured) for run, entry in entries.items()}
 
 
 def make_auxiliary(model: Path, samples: Path, aux_model: Path, plan_path: Path, real_ds: Dataset, k: int,

@@ -1,12 +1,12 @@
 """The schedule of the loops: one small JSON file per run and generation, the only input a generation stage
 reads its settings from.
 
-``loop/dvc.yaml`` declares a stage for every run and every generation up to ``loop.max_generations``; a stage past ``loop.generations`` does no work. What makes that
-cheap to change is this file: an active generation's entry holds every setting that shapes it (the run, the
-loop's shared settings and the sections of params.yaml it uses) and an inactive one holds only that it is
-inactive, so ``dvc exp run -S loop.generations=8`` changes the entries of generations 6-8 alone, and DVC
-reruns those stages and no finished one. A changed training budget changes every active entry, and with it
-every generation.
+``loop/dvc.yaml`` declares a stage for every run and every generation up to ``loop.max_generations``; a
+stage past ``loop.generations`` does no work. What makes that cheap to change is this file: an active
+generation's entry holds every setting that shapes it (the run, the loop's shared settings and the sections
+of params.yaml it uses) and an inactive one holds only that it is inactive, so ``dvc exp run -S
+loop.generations=8`` changes the entries of generations 6-8 alone, and DVC reruns those stages and no
+finished one. A changed training budget changes every active entry, and with it every generation.
 """
 
 from __future__ import annotations
