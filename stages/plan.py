@@ -6,9 +6,8 @@
 
 
 from factory.config import load_params
-from factory.core.shards import Dataset
 from factory.core.stage import run_stage, stage_args
-from factory.generate.plans import build_plan, count_table, write_plan
+from factory.generate.plans import count_table, plan_for, write_plan
 
 
 def main() -> None:
@@ -16,7 +15,7 @@ def main() -> None:
                       ("dataset", "the real dataset whose classes the plan uses"),
                       ("out", "the plan file to write"), study=True)
     params = load_params().study(args.study)
-    plan = build_plan(params.plan, Dataset(args.dataset).classes)
+    plan = plan_for(params.plan, args.dataset)
     write_plan(plan, args.out)
     print(count_table(plan))
 

@@ -19,20 +19,29 @@ from factory.cli.common import echo, echo_json, escape, escape_all, progress
 @click.option("--name", default=None, help="Dataset name (default: from the source).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images and count them, instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it already holds a dataset.")
-def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_bad: bool, overwrite: bool) -> None:
+@click.option("--class-names", default=None, metavar="FILE|imagenet|none",
+              help="What the class ids are called: a TSV or JSON file (id, name, synonyms, definition, hypernym), "
+                   "'imagenet' (bundled WordNet names), or 'none'. Default: ImageNet names for WordNet-id folders.")
+def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_bad: bool, overwrite: bool,
+           class_names: str | None) -> None:
     """Pack real images from SOURCE into a dataset at OUT_DIR.
 
     SOURCE is sklearn:digits, sklearn:digits-colored[?bias=0.9&seed=0], hf:<name-or-path>[:<split>],
-    an ImageFolder folder (<class>/<file>), or an existing dataset folder (re-shard).
+    an ImageFolder folder (<class>/<file>), or an existing dataset folder (re-shard). Class folders named by
+    WordNet id (n01440764, ...) get their ImageNet names (tench, ...): prompts use the names.
 
     Example: factory ingest ../shared/data/imagenette-mini/train data/inet-train --shard-size 500
     """
     from factory.data.ingest import ingest as run_ingest
 
     summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
-                         overwrite=overwrite, progress=lambda it: progress(it, "ingest"))
+                         overwrite=overwrite, class_names=class_names, progress=lambda it: progress(it, "ingest"))
     echo(f"wrote {summary.samples} samples in {summary.shards} shards "
          f"({len(summary.classes)} classes) to {escape(summary.out_dir)}")
+    if summary.names:
+        shown = ", ".join(f"{c} {n}" for c, n in list(summary.names.items())[:10])
+        more = f", ... ({len(summary.names)} in all)" if len(summary.names) > 10 else ""
+        echo(escape(f"class names: {shown}{more}"))
     if skip_bad:
         echo(f"skipped {len(summary.skipped)} unreadable images")
         for what in summary.skipped:

@@ -41,13 +41,12 @@ def prompts_build(params_file: Path, out: Path, dataset: Path | None) -> None:
     """
     from factory.config import load_params
     from factory.core.outputs import claim_output_file
-    from factory.core.shards import Dataset
-    from factory.generate.plans import build_plan, count_table, write_plan
+    from factory.generate.plans import count_table, plan_for, write_plan
 
     params = load_params(params_file)
     source = dataset or params.plan.dataset
     claim_output_file(out, inputs=[params_file, source])
-    plan = build_plan(params.plan, Dataset(source).classes)
+    plan = plan_for(params.plan, source)
     write_plan(plan, out)
     echo(count_table(escaped_plan(plan)))
     echo(f"wrote {escape(out)}")

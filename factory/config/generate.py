@@ -61,6 +61,10 @@ def axis_problem(values: Sequence[str], weights: Sequence[float]) -> str | None:
     return None
 
 
+# The class's words a plan template may use besides its attribute axes (factory.generate.plans.fill_template)
+CLASS_FIELDS = ("class_name", "class_id", "synonym", "definition", "hypernym")
+
+
 class PlanConfig(Section):
     """What to make (``plan``). ``classes`` None (``all`` in params.yaml) means every class of the real dataset.
 
@@ -76,6 +80,8 @@ class PlanConfig(Section):
     templates: tuple[str, ...] = Field(("a photo of the digit {class_name}",), min_length=1)
     attributes: tuple[AttributeAxis, ...] = ()
     oversample: Float = Field(1.0, ge=1.0, le=100.0)  # make this many times the target, so curation can subsample to it
+    # what the images must not show (diffusers backend; generate.negative_prompt, when set, takes precedence)
+    negative_prompt: str | None = None
     seed: Seed = 0
 
     @field_validator("classes", mode="before")
@@ -113,7 +119,11 @@ class PlanConfig(Section):
         names = [a.name for a in self.attributes]
         if len(set(names)) != len(names):
             raise field_error("attributes", "axis names must be unique", names)
-        allowed = {"class_name", *names}
+        clash = sorted(set(names) & set(CLASS_FIELDS))
+        if clash:
+            raise field_error("attributes", f"axis names may not be template class fields {list(CLASS_FIELDS)}",
+                              clash)
+        allowed = {*CLASS_FIELDS, *names}
         for t in self.templates:
             problem = template_problem(t, allowed)
             if problem:

@@ -38,8 +38,9 @@ from factory.core.sample import Sample, sample_attributes, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.dedup import find_duplicates
 from factory.curate.hashing import Progress
-from factory.curate.scorers.base import Scorer, class_prompts, margins
-from factory.generate.plans import Plan, read_plan
+from factory.curate.scorers.base import Scorer, class_prompts, class_words, margins
+from factory.data.classnames import ClassInfo, class_infos, display_names
+from factory.generate.plans import Plan, fill_template, read_plan
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def score_samples(scorer: Scorer, dataset: Dataset, batch_size: int = 256, progr
                   ) -> Iterator[tuple[Sample, float, float]]:
     """(sample, clip, clip_margin) for every sample, streaming batch by batch; ``progress`` wraps the
     samples as in :func:`~factory.curate.dedup.find_duplicates` (iterable, description, total)."""
-    text_emb = scorer.embed_texts(class_prompts(scorer, dataset.classes))
+    text_emb = scorer.embed_texts(class_prompts(scorer, dataset.classes,
+                                                names=display_names(dataset.classes, dataset.meta)))
     samples: Iterable[Sample] = (dataset if progress is None
                                  else progress(dataset, f"score {dataset.path.name}", len(dataset)))
     for batch in _batches(samples, batch_size):
@@ -118,8 +120,9 @@ class CaptionForm:
                 axes.setdefault(str(a))
         return cls(tuple(templates), tuple(axes), "dataset") if templates else cls(axes=tuple(axes))
 
-    def texts(self, scorer: Scorer, sample: Sample) -> list[str]:
-        """The captions a real ``sample`` is scored against: one per template."""
+    def texts(self, scorer: Scorer, sample: Sample, info: ClassInfo | None = None) -> list[str]:
+        """The captions a real ``sample`` is scored against: one per template, filled as a plan fills it
+        with the class's words (``info``, from the real dataset's class names; None: the id is the name)."""
         have = sample_attributes(sample.provenance)
         missing = [a for a in self.axes if a not in have]
         if missing:
@@ -127,15 +130,17 @@ class CaptionForm:
                                f"samples' captions name; give real data that carries it (e.g. split.style)")
         attrs = {a: have[a] for a in self.axes}
         class_name = sample.provenance["class_name"]
+        info = info or ClassInfo(class_name, class_name)
+        word = class_words(scorer, [class_name], [info.name])[0]
         if not self.templates:
-            return [scorer.prompt_text(class_name, None, attrs or None)]
+            return [scorer.prompt_text(word, None, attrs or None)]
         out = []
         for t in self.templates:
             try:
-                text = t.format(class_name=class_name, **attrs)
-            except (KeyError, IndexError, ValueError) as exc:
+                text = fill_template(t, info, attrs, 0, sample.key)
+            except FactoryError as exc:
                 raise FactoryError(f"calibration: template {t!r} cannot be filled for real sample {sample.key!r} "
-                                   f"({type(exc).__name__}: {exc})") from None
+                                   f"({exc})") from None
             out.append(scorer.prompt_text(class_name, text, attrs or None))
         return out
 
@@ -147,12 +152,13 @@ def real_scores(scorer: Scorer, real: Dataset, form: CaptionForm = CaptionForm()
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Score REAL images exactly as samples are scored: ``(N, T)`` cosines of each image with its caption
     for each of the form's T templates, and ``(N,)`` margins (own class prompt minus the best other)."""
-    text_emb = scorer.embed_texts(class_prompts(scorer, real.classes))
+    infos = class_infos(real.classes, real.meta)
+    text_emb = scorer.embed_texts(class_prompts(scorer, real.classes, names=[i.name for i in infos]))
     cache: dict[str, np.ndarray] = {}
     own_all, marg_all = [], []
     for batch in _batches(real, batch_size):
         img = scorer.embed_images([s.pil() for s in batch])
-        texts = [form.texts(scorer, s) for s in batch]
+        texts = [form.texts(scorer, s, infos[s.label]) for s in batch]
         new = sorted({t for ts in texts for t in ts} - cache.keys())
         if new:
             cache.update(zip(new, scorer.embed_texts(new)))

@@ -15,6 +15,7 @@ from factory.core.errors import FactoryError
 from factory.core.sample import Sample, sample_attributes, with_updates
 from factory.core.shards import DEFAULT_SHARD_SIZE, Dataset, DatasetWriter, check_output_dir
 from factory.data.attributes import STYLE_LEVELS, Levels, style_values
+from factory.data.classnames import names_for, names_meta
 from factory.data.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -27,30 +28,40 @@ class IngestSummary:
     shards: int
     classes: dict[str, int]
     skipped: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # class id -> name, where names were recorded
 
 
 def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SIZE, name: str | None = None,
-           skip_bad: bool = False, overwrite: bool = False,
+           skip_bad: bool = False, overwrite: bool = False, class_names: str | Path | None = None,
            progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None) -> IngestSummary:
     """Stream the source ``spec`` into a new dataset at ``out_dir``.
 
     A bad image raises FactoryError naming the file (nothing is left at ``out_dir``), unless
     ``skip_bad`` is set, in which case it is skipped and listed in the summary.
+
+    ``class_names``: what the class ids are called (:func:`factory.data.classnames.names_for`: a file,
+    ``imagenet``, ``none``; None: the bundled ImageNet names when every class is a WordNet id), recorded in
+    the index's ``meta.class_names``. The ids stay the classes (labels, folder names).
     """
     out_dir = Path(out_dir)
     inputs = source_paths(spec)
     check_output_dir(out_dir, overwrite, inputs=inputs)
     source = open_source(spec, skip_bad=skip_bad)
+    names = names_for(source.classes, class_names)  # a bad file fails here, before anything is written
+    meta = dict(source.meta)
+    if names:
+        meta["class_names"] = names_meta(names)
     samples: Iterable[Sample] = source
     if progress is not None:
         samples = progress(samples)
     with DatasetWriter(out_dir, name or source.name, source.classes, shard_size=shard_size,
-                       meta=source.meta, overwrite=overwrite, inputs=inputs) as writer:
+                       meta=meta, overwrite=overwrite, inputs=inputs) as writer:
         writer.write_all(samples)
         if not writer.counts:
             raise FactoryError(f"{spec}: no images found")
         index = writer.close()
-    return IngestSummary(out_dir, index["samples"], len(index["shards"]), index["counts"], source.skipped)
+    return IngestSummary(out_dir, index["samples"], len(index["shards"]), index["counts"], source.skipped,
+                         {c: i.name for c, i in (names or {}).items()})
 
 
 def source_paths(spec: str) -> list[Path]:

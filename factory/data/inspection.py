@@ -16,6 +16,7 @@ from factory.core.files import atomic_write_bytes
 from factory.core.integrity import max_image_pixels
 from factory.core.outputs import claim_output_file
 from factory.core.shards import INDEX_NAME, Dataset
+from factory.data.classnames import display_names
 
 MIN_CELL, MAX_CELL = 8, 1024  # grid cell size in pixels
 
@@ -94,6 +95,7 @@ def summarize(path: Path | str) -> dict[str, Any]:
         "samples": n,
         "shards": len(ds.shards),
         "classes": dict(classes),
+        "class_names": dict(zip(ds.classes, display_names(ds.classes, ds.meta))),  # id -> name (the id if none)
         "sources": dict(sources),
         "generations": dict(generations),
         "image_sizes": dict(sizes),
@@ -117,8 +119,10 @@ def format_summary(info: dict[str, Any]) -> str:
         "classes",
     ]
     width = max((len(c) for c in info["classes"]), default=5)
+    names = info.get("class_names") or {}
     for c, count in info["classes"].items():
-        lines.append(f"  {c:<{width}}  {count}")
+        name = names.get(c, c)
+        lines.append(f"  {c:<{width}}  {count}" + (f"  {name}" if name != c else ""))
     for axis, counts in sorted(info["attributes"].items()):
         lines.append(f"attribute {axis}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return "\n".join(lines)

@@ -4,6 +4,13 @@ A plan is a JSONL file. Its first line is a header (``schema`` ``factory.plan/1`
 target distribution and the config that built it); every further line is one row, one image:
 ``key``, ``label``, ``class_name``, ``group``, ``template``, ``attributes``, ``text``, ``seed``.
 
+Templates are filled per group with ``{class_name}`` (the class's name: ``meta.class_names`` of the real
+dataset, else its id), ``{class_id}``, ``{synonym}`` (the name or one of its synonyms, drawn per group from
+the seed), ``{definition}``, ``{hypernym}`` and the row's attribute values (``{color}``, ``{background}``,
+...). Groups cycle through the templates (shifted by cell), so a class gets varied prompts while the
+images of one group share one (StableRep's positives). A row's ``class_name`` is the class id (the
+header's ``classes``).
+
 Quotas are exact, not sampled: each class's images are allocated to the attribute cells (the product
 of the axes' values) by the largest-remainder method on the target weights. Inside a cell, images come
 in groups of ``images_per_prompt`` that share one prompt (StableRep's positives). A row's key and seed
@@ -22,11 +29,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from factory.config import AttributeAxis, PlanConfig
+from factory.config.generate import CLASS_FIELDS
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.quota import largest_remainder
 from factory.core.sample import KEY_RE, sanitize_key
 from factory.core.secrets import check_no_secret
+from factory.data.classnames import ClassInfo
 
 PLAN_SCHEMA = "factory.plan/1"
 
@@ -84,14 +93,41 @@ def _cell_id(attrs: Mapping[str, str]) -> str:
     return "-".join(f"{k}_{v}" for k, v in attrs.items())
 
 
+def fill_template(template: str, info: ClassInfo, attributes: Mapping[str, str], seed: int, group: str) -> str:
+    """``template`` with a class's words and a row's attributes (``{synonym}``: one of the class's words, drawn
+    from ``seed`` and the group, so every image of a group shares the prompt). An unknown field or a field
+    the class lacks (no definition recorded) raises FactoryError."""
+    words = info.words
+    pick = words[row_seed(seed, f"synonym/{group}") % len(words)]
+    values = {"class_name": info.name, "class_id": info.id, "synonym": pick, "definition": info.definition,
+              "hypernym": info.hypernym, **attributes}
+    try:
+        text = template.format(**values)
+    except KeyError as exc:
+        raise FactoryError(f"plan template {template!r}: unknown field {{{exc.args[0]}}} (fields: "
+                           f"{', '.join(CLASS_FIELDS)} and the attribute axes {sorted(attributes)})") from None
+    except (IndexError, ValueError) as exc:
+        raise FactoryError(f"plan template {template!r}: {exc}") from None
+    for name in ("definition", "hypernym"):
+        if "{" + name + "}" in template and not values[name]:
+            raise FactoryError(f"plan template {template!r}: class {info.id!r} has no {name} recorded (ingest with "
+                               "--class-names to record it)")
+    return text
+
+
 def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str],
-               cell_weights: Mapping[str, Sequence[float]] | None = None) -> Plan:
+               cell_weights: Mapping[str, Sequence[float]] | None = None,
+               class_infos: Sequence[ClassInfo] | None = None) -> Plan:
     """Expand a PlanConfig against the real dataset's class list into rows.
 
     ``cell_weights`` (class name -> one weight per attribute cell, in :func:`cells` order) replaces the
     axes' weights class by class: each class keeps its ``images_per_class`` but splits them over the
     cells by its own weights (e.g. a real split's class x colour counts, for a synthetic set with the
-    same joint distribution); the header records them under ``target.cell_weights``."""
+    same joint distribution); the header records them under ``target.cell_weights``.
+
+    ``class_infos`` (one per dataset class, :func:`factory.data.classnames.class_infos`): the names the
+    templates use; None calls every class by its id."""
+    infos = {i.id: i for i in class_infos} if class_infos is not None else {}
     if cfg.classes is None:
         chosen = list(dataset_classes)
     else:
@@ -114,12 +150,15 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str],
     seen: set[str] = set()
     for class_name in chosen:
         label = list(dataset_classes).index(class_name)
-        for (attrs, _), quota in zip(cell_list, class_quotas[class_name]):
+        for c, ((attrs, _), quota) in enumerate(zip(cell_list, class_quotas[class_name])):
             cell = _cell_id(attrs)
             for j in range((quota + cfg.images_per_prompt - 1) // cfg.images_per_prompt):
-                template = cfg.templates[j % len(cfg.templates)]
-                text = template.format(class_name=class_name, **attrs)
+                # templates cycle over the groups of a cell, shifted by the cell: a class gets every template
+                # even when its cells hold few groups, and growing a cell leaves its earlier groups' prompts
+                template = cfg.templates[(j + c) % len(cfg.templates)]
                 group = sanitize_key("-".join(filter(None, [class_name, cell, f"g{j:05d}"])))
+                text = fill_template(template, infos.get(class_name) or ClassInfo(class_name, class_name), attrs,
+                                     cfg.seed, group)
                 for i in range(min(cfg.images_per_prompt, quota - j * cfg.images_per_prompt)):
                     key = f"{group}-{i:02d}"
                     if key in seen:
@@ -144,6 +183,9 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str],
         },
         "images_per_prompt": cfg.images_per_prompt,
         "templates": list(cfg.templates),
+        **({"class_names": named} if (named := {c: infos[c].name for c in chosen
+                                                 if c in infos and infos[c].name != c}) else {}),
+        **({"negative_prompt": cfg.negative_prompt} if cfg.negative_prompt else {}),
         "seed": cfg.seed,
         "rows": len(rows),
     }
@@ -152,6 +194,15 @@ def build_plan(cfg: PlanConfig, dataset_classes: Sequence[str],
     for row in rows:  # a template and a class name together can spell one
         check_no_secret(row.text, f"plan row {row.key}: text")
     return plan
+
+
+def plan_for(cfg: PlanConfig, dataset: Path | str) -> Plan:
+    """:func:`build_plan` against a real dataset: its classes, called by the names its index records."""
+    from factory.core.shards import Dataset
+    from factory.data.classnames import class_infos
+
+    ds = Dataset(dataset)
+    return build_plan(cfg, ds.classes, class_infos=class_infos(ds.classes, ds.meta))
 
 
 def plan_bytes(plan: Plan) -> bytes:
@@ -215,7 +266,12 @@ def _header_problem(header: dict[str, Any]) -> str | None:
                      (isinstance(cells_, list) and all(
                          isinstance(c, dict) and isinstance(c.get("attributes"), dict)
                          and isinstance(c.get("share"), (int, float)) and count(c.get("per_class"))
-                         for c in cells_), "target.cells must be a list of {attributes, share, per_class}")):
+                         for c in cells_), "target.cells must be a list of {attributes, share, per_class}"),
+                     (header.get("negative_prompt") is None or isinstance(header.get("negative_prompt"), str),
+                      "negative_prompt must be a string"),
+                     (header.get("class_names") is None or (isinstance(header.get("class_names"), dict) and all(
+                         isinstance(v, str) for v in header["class_names"].values())),
+                      "class_names must map class ids to names")):
         if not ok:
             return what
     return None

@@ -194,6 +194,8 @@ def generate(plan_path: Path | str, out_dir: Path | str, cfg: GenerateConfig,
     plan = read_plan(plan_path)
     if not plan.rows:
         raise FactoryError(f"{plan_path}: the plan has no rows")
+    if plan.header.get("negative_prompt") and cfg.negative_prompt is None:  # the plan's, unless the config sets one
+        cfg = cfg.model_copy(update={"negative_prompt": str(plan.header["negative_prompt"])})
     batch = cfg.batch_size
     if cfg.shard_size % batch and cfg.shard_size > batch:
         log.warning("generate.shard_size %d is not a multiple of batch_size %d: the last micro-batch of "
@@ -244,6 +246,8 @@ def _generate(output: OutputDir, plan: Plan, plan_path: Path | str, cfg: Generat
         counts[row.class_name] = counts.get(row.class_name, 0) + 1
     meta = {"plan": {"path": str(plan_path), "sha256": plan.sha256(), "rows": len(plan.rows)},
             "generator": describe, "parents": parents, "generation": gen.generation}
+    if plan.header.get("class_names"):  # what the class ids are called (curation captions use the names)
+        meta["class_names"] = dict(plan.header["class_names"])
     index = make_index(cfg.name, plan.classes, shards, counts, meta)
     with writing(staging / RUN_FILE):
         (staging / RUN_FILE).unlink()

@@ -87,6 +87,10 @@ class Scorer(abc.ABC):
     def class_prompts(self, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
         """One prompt per class, in the scorer's own words (with ``attributes`` when given)."""
 
+    # True: any text can be scored, so classes are captioned by their names (open_clip); False: a closed
+    # vocabulary that knows the classes by id (the embedded scorer)
+    open_vocabulary: bool = True
+
     def prompt_text(self, class_name: str, text: str | None = None,
                     attributes: Mapping[str, Any] | None = None) -> str:
         """The text an image made from a prompt is scored against: the prompt ``text`` itself, or
@@ -137,10 +141,22 @@ def attribute_phrase(attributes: Mapping[str, Any]) -> str:
     return " ".join(str(attributes[k]) for k in sorted(attributes))
 
 
-def class_prompts(scorer: Scorer, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
+def class_prompts(scorer: Scorer, classes: Sequence[str], attributes: Mapping[str, str] | None = None,
+                  names: Sequence[str] | None = None) -> list[str]:
     """One prompt per class: for the embedded scorer the first caption template it was trained with
-    ("a photo of the digit three"); with ``attributes``, its first attribute template ("a red digit three")."""
-    return scorer.class_prompts(list(classes), attributes)
+    ("a photo of the digit three"); with ``attributes``, its first attribute template ("a red digit three").
+    ``names`` (one per class: what the class ids are called) are what an open-vocabulary scorer (open_clip)
+    reads; a closed-vocabulary one (the embedded scorer) knows its classes by id."""
+    return scorer.class_prompts(list(class_words(scorer, classes, names)), attributes)
+
+
+def class_words(scorer: Scorer, classes: Sequence[str], names: Sequence[str] | None) -> list[str]:
+    """What ``scorer`` calls each class: the names for an open-vocabulary scorer, else the ids."""
+    if names is None or not scorer.open_vocabulary:
+        return list(classes)
+    if len(names) != len(classes):
+        raise FactoryError(f"class names: {len(names)} names for {len(classes)} classes")
+    return list(names)
 
 
 def margins(scores: np.ndarray, labels: Sequence[int] | np.ndarray) -> np.ndarray:

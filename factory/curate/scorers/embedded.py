@@ -285,6 +285,8 @@ class EmbeddedScorer(TrainedModel, Scorer):
                 word=words[class_name], class_name=class_name, attributes=attribute_phrase(attributes))
         return self.templates[template].format(word=words[class_name], class_name=class_name)
 
+    open_vocabulary = False  # its captions' words come from the class ids it was trained on
+
     def class_prompts(self, classes: Sequence[str], attributes: Mapping[str, str] | None = None) -> list[str]:
         return [self.caption(c, attributes) for c in classes]
 
