@@ -220,7 +220,7 @@ def run_generation(run: str, k: int, entry: Mapping[str, Any], *, root: Path = P
     row = {"run": run, "generation": k, "active": True, "policy": spec.policy, "sampler": spec.sampler,
            "corrector": spec.corrector, "pool": {"samples": pool["samples"], "generations": pool["loop"]["generations"],
                                                  "synthetic_fraction": pool["synthetic_fraction"]},
-           "train": train, "sampled": {k_: v for k_, v in sampled.items() if k_ != "seconds"},
+           "train": train, "sampled": {"images": sampled["images"]},  # no wall-clock rates: the same run, the same bytes
            "sims": ({"w": lp.sims.w, **aux} if aux else None),
            "correction": ({k_: v for k_, v in correction.items() if k_ != "seconds"} if correction else None),
            **{k_: v for k_, v in metrics.items() if k_ != "seconds"}}
