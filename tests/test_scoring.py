@@ -378,6 +378,31 @@ def tiny_checkpoint(tmp_path) -> tuple[str, Path]:
     return name, ckpt
 
 
+def test_an_unregistered_architecture_loads_from_its_checkpoints_sidecar(tmp_path):
+    """A checkpoint folder that carries its model_cfg (open_clip_config.json, as on the Hub) loads by name with
+    no add_model_config call: what a pipeline's own small model needs."""
+    import open_clip
+
+    name = "factory-test-sidecar-clip"
+    assert open_clip.get_model_config(name) is None
+    torch.manual_seed(1)
+    model = open_clip.CLIP(**TINY_ARCH)
+    ckpt = tmp_path / "clip" / "weights.pt"
+    ckpt.parent.mkdir()
+    torch.save(model.state_dict(), ckpt)
+    (ckpt.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_ARCH,
+                                                                   "preprocess_cfg": TINY_PREPROCESS}))
+    sc = load_scorer("open_clip", name, str(ckpt))
+    assert sc.describe()["weights_sha256"] == sha256(ckpt) and sc.embed_dim == 16
+    assert sc.class_prompts(["tench"]) and sc.open_vocabulary
+    (ckpt.parent / "open_clip_config.json").unlink()
+    other = tmp_path / "other" / "weights.pt"
+    other.parent.mkdir()
+    torch.save(model.state_dict(), other)
+    with pytest.raises(FactoryError, match="not an open_clip architecture"):
+        load_scorer("open_clip", "factory-test-no-such-clip", str(other))
+
+
 def test_production_path_loads_weights_with_the_models_own_preprocessing(tiny_checkpoint):
     import open_clip
 
@@ -433,8 +458,11 @@ def test_production_checkpoint_errors(tiny_checkpoint, tmp_path):
         load_scorer("open_clip", name, str(missing))
     with pytest.raises(FactoryError, match="needs a local checkpoint file"):
         load_scorer("open_clip", name, None)
+    bare = tmp_path / "bare" / "model.pt"  # no open_clip_config.json beside it to take the architecture from
+    bare.parent.mkdir()
+    bare.write_bytes(ckpt.read_bytes())
     with pytest.raises(FactoryError, match="not an open_clip architecture"):
-        load_scorer("open_clip", "no-such-arch-xyz", ckpt)
+        load_scorer("open_clip", "no-such-arch-xyz", bare)
     with pytest.raises(FactoryError, match="not a hub or folder reference"):
         load_scorer("open_clip", "hf-hub:org/model", ckpt)
     other = register(tmp_path, "factory-test-tiny-clip-wide", {**TINY_ARCH, "embed_dim": 24})

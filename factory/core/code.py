@@ -66,8 +66,9 @@ def closure(start: set[str], graph: dict[str, set[str]]) -> set[str]:
     return seen
 
 
-def code_deps(root: Path, script: str) -> list[str]:
-    """``script`` and every file of the package it imports at any depth, relative to ``root``, sorted."""
-    needed = closure(imports_of(root, root / script), import_graph(root))
+def code_deps(root: Path, script: str, graph: dict[str, set[str]] | None = None) -> list[str]:
+    """``script`` and every file of the package it imports at any depth, relative to ``root``, sorted
+    (``graph``: the package's :func:`import_graph`, when the caller has built it already)."""
+    needed = closure(imports_of(root, root / script), graph if graph is not None else import_graph(root))
     files = sorted(str(f.relative_to(root)) for m in needed if (f := module_file(root, m)) is not None)
     return [script, *files]

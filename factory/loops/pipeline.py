@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from factory.config import Params
-from factory.core.code import code_deps
+from factory.core.code import code_deps as _code_deps
+from factory.core.code import import_graph
 
 HEADER = """\
 # The self-consuming loops (make loop; `dvc repro loop/dvc.yaml`). WRITTEN BY `factory loop stages` from
@@ -34,6 +35,11 @@ PLOTTED = ("fd", "kid", "precision", "recall", "recognition", "cas", "diversity"
 
 def render(params: Params, root: Path = Path(".")) -> str:
     """The text of ``loop/dvc.yaml`` for ``params``' runs."""
+    graph = import_graph(root)  # built once: every stage's code deps come from it
+
+    def code_deps(root: Path, script: str) -> list[str]:
+        return _code_deps(root, script, graph)
+
     runs = list(params.loop.runs)
     top = params.loop.max_generations
     gens = {f"{r}-g{k}": {"run": r, "k": k, "prev": k - 1} for r in runs for k in range(2, top + 1)}

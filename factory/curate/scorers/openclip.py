@@ -85,10 +85,11 @@ class OpenClipScorer(Scorer):
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
             raise FactoryError(f"{ckpt}: checkpoint file not found (the open_clip backend never downloads weights)")
-        model_cfg = open_clip.get_model_config(name)
+        model_cfg = open_clip.get_model_config(name) or _register_sidecar(name, ckpt)
         if model_cfg is None:
-            raise FactoryError(f"model {name!r}: not an open_clip architecture; choose one of open_clip.list_models() "
-                               f"or register a config with open_clip.add_model_config")
+            raise FactoryError(f"model {name!r}: not an open_clip architecture; choose one of open_clip.list_models(), "
+                               f"register a config with open_clip.add_model_config, or put its model_cfg in "
+                               f"{SIDECAR_NAME} beside the checkpoint")
         dev = _device(device)
         text_cfg = model_cfg.get("text_cfg", {})
         hf_name = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
@@ -121,6 +122,29 @@ class OpenClipScorer(Scorer):
             return [self.attribute_templates[0].format(class_name=c, word=c, attributes=attribute_phrase(attributes))
                     for c in classes]
         return [self.templates[0].format(class_name=c, word=c) for c in classes]
+
+
+def _register_sidecar(name: str, checkpoint: Path) -> dict[str, Any] | None:
+    """Register architecture ``name`` from the ``model_cfg`` of the checkpoint's sidecar
+    (``open_clip_config.json``, as Hugging Face Hub checkpoints carry it), so a custom or small model loads
+    by name from its own folder; None when there is no such sidecar."""
+    import tempfile
+
+    import open_clip
+
+    sidecar = checkpoint.parent / SIDECAR_NAME
+    if not sidecar.is_file():
+        return None
+    data = read_json(sidecar)
+    cfg = data.get("model_cfg") if isinstance(data, dict) else None
+    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        return None
+    # open_clip rescans every registered path when another config is added: the file must stay for the
+    # process's life (a temporary folder of its own, a few hundred bytes)
+    path = Path(tempfile.mkdtemp(prefix="factory-open-clip-")) / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return open_clip.get_model_config(name)
 
 
 def _production_preprocess(name: str, checkpoint: Path, tag: str | None) -> tuple[dict[str, Any], str]:
