@@ -1,5 +1,6 @@
 # make run: set up .venv (if needed) and run the whole pipeline (dvc repro).
 # make loop: set up .venv (if needed) and run the self-consuming loops (loop/dvc.yaml).
+# make photos: set up .venv (if needed) and run the photo pipeline (examples/imagenette/dvc.yaml).
 # make test: set up .venv (if needed) and run the test suite.
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch's OpenMP threads spin-wait by default; on a small shared machine that steals the other core
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run loop test bench readme clean
+.PHONY: setup run loop photos test bench readme clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,11 @@ run: $(STAMP)
 loop: $(STAMP)
 	$(BIN)/factory loop stages --check
 	$(BIN)/dvc repro loop/dvc.yaml
+
+# the photo pipeline (examples/imagenette): imagenette-mini from ../shared, random-weight stand-in models
+photos: $(STAMP)
+	@test -d ../shared/data/imagenette-mini/train || { echo "make photos: ../shared/data/imagenette-mini not found (the photos it ingests)"; exit 2; }
+	$(BIN)/dvc repro examples/imagenette/dvc.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 each class to test, then ``split.val_fraction`` of the rest to val), with the style levels of
 ``split.style`` fit on train and written into every split's records.
 
-    python stages/split.py FULL TRAIN VAL TEST
+    python stages/split.py FULL TRAIN VAL [TEST]    # no TEST: the data's test set was ingested apart
     # dvc.yaml: python stages/split.py data/real/full data/real/train data/real/val data/real/test
 """
 
@@ -17,13 +17,15 @@ def main() -> None:
                       ("full", "the dataset to split"),
                       ("train", "the train split to write"),
                       ("val", "the val split to write (carved from the train part; choices are made on it)"),
-                      ("test", "the test split to write"))
+                      ("test", "the test split to write (none: the data has a test set of its own, "
+                               "ingest.test_source; only val is drawn)", {"nargs": "?", "default": None}))
     params = load_params()
     p = params.split
     counts = split(args.full, args.train, args.test, val_out=args.val, test_fraction=p.test_fraction,
                    val_fraction=p.val_fraction, style=p.style, seed=params.base.seed, shard_size=p.shard_size,
                    overwrite=True)
-    print(f"split: train {counts['train']}, val {counts['val']}, test {counts['test']}"
+    print(f"split: train {counts['train']}, val {counts['val']}, "
+          + (f"test {counts['test']}" if "test" in counts else "test: none drawn (ingested apart)")
           + (f"; style levels ({', '.join(p.style)}) fit on train" if p.style else ""))
 
 

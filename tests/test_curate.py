@@ -281,8 +281,9 @@ def test_calibration_on_val_scores_real_images_as_samples_are_scored(styled, tmp
         lo, hi = d[split]["either_ci95"]
         assert lo <= d[split]["either"] <= hi and hi - lo > 0
         assert d[split]["either"] == pytest.approx(shares[split], abs=1e-3)
-    assert CaptionForm.of_dataset(Dataset(root / "raw")) == CaptionForm(
-        tuple(plan.header["templates"]), ("thickness",), "dataset")
+    form = CaptionForm.of_dataset(Dataset(root / "raw"))
+    assert (form.templates, form.axes, form.source) == (tuple(plan.header["templates"]), ("thickness",), "dataset")
+    assert dict(form.values)["thickness"] and set(dict(form.values)["thickness"]) <= {"thin", "medium", "thick"}
 
 
 def test_calibration_needs_the_attributes_the_captions_name(styled, digits_split, tmp_path):

@@ -283,3 +283,31 @@ def test_weights_sha256_is_stable_and_tracks_the_weights(tmp_path, tiny_sd, gen)
     assert weights_sha256(rebuilt) == digest  # same seed, same weights, same files
     other = build_tiny_sd(tmp_path / "other", seed=1)
     assert weights_sha256(other) != digest
+
+
+# --- torch.compile (generate.compile) -----------------------------------------------------------
+
+def test_compile_is_a_strict_setting_off_by_default():
+    from factory.config import GenerateConfig
+
+    assert SamplerConfig().compile is False
+    cfg = GenerateConfig(backend="diffusers", compile=True)
+    assert cfg.sampler.compile is True and cfg.generator.sampler.compile is True  # reaches the backend (and Ray)
+    with pytest.raises(FactoryError, match=r"generate.compile: must be true or false \(got 'yes'\)"):
+        SamplerConfig(compile="yes")
+    with pytest.raises(FactoryError, match="generate.compile: is for the diffusers backend only"):
+        GenerateConfig(backend="embedded", compile=True)
+
+
+def test_compile_is_refused_on_the_cpu(tiny_sd):
+    with pytest.raises(FactoryError, match=r"^compile \(torch.compile of the UNet\) is for CUDA devices only; "
+                                           r"the device is 'cpu': set generate.compile to false$"):
+        DiffusersGenerator.load(tiny_sd, FAST.replace(compile=True))
+
+
+def test_compile_is_recorded_only_when_on(gen):
+    assert "compile" not in gen.describe()  # records made without it are unchanged
+    compiled = DiffusersGenerator(gen.pipe, FAST.replace(compile=True), model=gen.model,
+                                  weights_sha256=gen.weights_sha256, device="cuda", dtype="float16",
+                                  height=16, width=16)
+    assert compiled.describe()["compile"] == "reduce-overhead"

@@ -42,6 +42,7 @@ from factory.config.generate import (
     GenerateConfig,
     GeneratorSpec,
     PlanConfig,
+    RandomModelsParams,
     RayConfig,
     SamplerConfig,
 )
@@ -71,14 +72,14 @@ __all__ = [
     "AttributeAxis", "BaseParams", "BiasParams", "ClassifierConfig", "ClipTrainConfig", "Component",
     "ContrastiveConfig", "ContrastiveParams", "CurateConfig", "DedupConfig", "EmbeddedTrainConfig",
     "EvaluationConfig", "FilterConfig", "GenerateConfig", "GeneratorSpec", "IngestParams", "Params", "PlanConfig",
-    "PoolSpec", "PoolsConfig", "RayConfig", "ReportParams", "SamplerConfig", "Section", "SplitParams",
+    "PoolSpec", "PoolsConfig", "RandomModelsParams", "RayConfig", "ReportParams", "SamplerConfig", "Section", "SplitParams",
     "SweepParams", "default_max_distance", "load_params",
 ]
 
 _MISSING = object()
 
 # the sections whose seed defaults to base.seed
-SEEDED = ("plan", "train_generator", "train_clip", "curate", "pools", "classifier", "contrastive.train",
+SEEDED = ("random_models", "plan", "train_generator", "train_clip", "curate", "pools", "classifier", "contrastive.train",
           "evaluate", "bias.plan", "bias.train_generator", "bias.pools", "loop")
 
 
@@ -136,6 +137,7 @@ class Params(Section):
     bias: BiasParams = BiasParams()
     report: ReportParams = ReportParams()
     loop: LoopParams = LoopParams()
+    random_models: RandomModelsParams = RandomModelsParams()
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,12 @@ class IngestParams(Section):
     where: ClassVar[str] = "ingest"
 
     source: str = "sklearn:digits"
+    # a real test set of its own (e.g. a dataset's official test folder): ingested by ``stages/ingest.py --test``;
+    # the split stage then draws only val from ``source`` (null: test is drawn from source by split.test_fraction)
+    test_source: str | None = None
+    # what the class ids are called (factory.data.classnames): imagenet | a TSV/JSON file | none;
+    # null: the bundled ImageNet names when every class is a WordNet id
+    class_names: str | None = None
     shard_size: Int = Field(1000, ge=1)
 
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from factory.config.base import Float, Int, Section, Seed, field_error, template_problem
+from factory.config.base import Bool, Float, Int, Section, Seed, field_error, template_problem
 from factory.core.errors import FactoryError
 
 Scheduler = Literal["ddim", "dpm", "euler", "ddpm", "pndm"]
@@ -150,6 +150,9 @@ class SamplerConfig(Section):
     # on the base model's own samples; w = 0 is plain sampling.
     negative_model: str | None = None
     negative_guidance: Float = Field(0.0, ge=0)
+    # diffusers backend on CUDA: torch.compile the UNet (mode "reduce-overhead", CUDA graphs). The first batch
+    # pays the compilation (a minute or more for SD 1.5); refused on the CPU and by the embedded backend.
+    compile: Bool = False
 
     @model_validator(mode="after")
     def _check_negative(self) -> "SamplerConfig":
@@ -189,6 +192,13 @@ class GenerateConfig(SamplerConfig):
     name: str = "synthetic"  # the dataset's name in its index
     parents: tuple[dict[str, Any], ...] | None = None  # None: the generator's own (embedded)
 
+    @model_validator(mode="after")
+    def _check_compile(self) -> "GenerateConfig":
+        if self.compile and self.backend != "diffusers":
+            raise field_error("compile", f"is for the diffusers backend only (backend is {self.backend!r}); "
+                              "set generate.compile to false", self.compile)
+        return self
+
     @property
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(**{k: getattr(self, k) for k in SamplerConfig.model_fields})
@@ -196,3 +206,15 @@ class GenerateConfig(SamplerConfig):
     @property
     def generator(self) -> GeneratorSpec:
         return GeneratorSpec(backend=self.backend, model=self.model, sampler=self.sampler)
+
+
+class RandomModelsParams(Section):
+    """``random_models``: the random-weight stand-ins the photo pipeline's ``random_models`` stage builds when
+    no weights are on disk: a Stable Diffusion architecture (factory/generate/sd_archs) and an open_clip one
+    (factory.curate.scorers.random_clip). Their outputs are labelled as not results wherever they show."""
+
+    where: ClassVar[str] = "random_models"
+
+    generator: str = "photo32"  # tiny | photo32 (32 px) | sd15 (the full-size SD 1.5 layout: GPU only)
+    scorer: str = "photo32"     # photo32 | an open_clip architecture name (e.g. ViT-B-32)
+    seed: Seed = 0

@@ -78,7 +78,8 @@ class EvaluationConfig(Section):
     train: str = "data/real/train"     # what the reference CNN (recognition, default feature space) learns from
     floor: str = "data/real/val"       # held-out real data disjoint from reference: the real-vs-real floor
     encoder: Literal["clip", "inception"] = "clip"  # a second, labelled feature space beside the reference CNN's
-    encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file
+    encoder_path: str = "models/clip"  # embedded scorer folder, or Inception weights file (or open_clip name:)
+    encoder_checkpoint: str | None = None  # clip: an open_clip weights file; encoder_path is then its architecture
     inception_path: str = ""           # Inception v3 weights file: a third view when the file is on disk
     k: Int = Field(5, ge=1)
     n: Int | None = Field(None, ge=2)  # samples per side of every comparison; None: the smallest set (at most 2000)

@@ -205,3 +205,14 @@ class ModelFolder:
             path = Path(model_dir)
             raise FactoryError(f"{path / self.weights}: weights do not match {path / self.config} "
                                f"({_first_line(exc)})") from None
+
+
+# Folders of random-weight stand-in models (factory.generate.random_sd, factory.curate.scorers.random_clip)
+# carry this file: whatever is made with them tests a pipeline and is never shown as a result.
+RANDOM_WEIGHTS_MARKER = "random_weights.json"
+
+
+def is_random_weights(path: Path | str) -> bool:
+    """Whether the model folder ``path`` (or the folder of the weights file ``path``) holds random weights."""
+    p = Path(path)
+    return (p / RANDOM_WEIGHTS_MARKER).is_file() or (p.parent / RANDOM_WEIGHTS_MARKER).is_file()

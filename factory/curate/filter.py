@@ -26,7 +26,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from factory.core.outputs import claim_output_file
 from factory.core.sample import Sample, sample_attributes, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.dedup import find_duplicates
+from factory.data.attributes import STYLE_LEVELS
 from factory.curate.hashing import Progress
 from factory.curate.scorers.base import Scorer, class_prompts, class_words, margins
 from factory.data.classnames import ClassInfo, class_infos, display_names
@@ -97,55 +98,86 @@ class CaptionForm:
     form: each of ``templates`` filled as a plan fills it (``template.format(class_name=..., **attributes)``)
     with the image's class and its attributes on ``axes``, then put in the scorer's words
     (:meth:`Scorer.prompt_text`, exactly as :func:`_own_text` does for a sample). No templates: the
-    scorer's class prompt (with the attributes on ``axes``)."""
+    scorer's class prompt (with the attributes on ``axes``).
+
+    An axis a real image does not carry (a prompt-only attribute such as a photo's background: nothing
+    measures it on real data) is filled with each of its ``values`` and the image keeps its best caption
+    (its score is the max over them): the caption that describes it, as a sample's own prompt describes
+    the sample. A style axis that split measures on real images (:data:`STYLE_LEVELS`) is never guessed:
+    real data without it is an error, as is an axis without values."""
 
     templates: tuple[str, ...] = ()
     axes: tuple[str, ...] = ()
     source: str = "class prompt"  # plan | dataset | class prompt
+    values: tuple[tuple[str, tuple[str, ...]], ...] = ()  # axis -> its values (for axes real data lacks)
 
     @classmethod
     def of_plan(cls, plan: Plan) -> "CaptionForm":
-        return cls(tuple(plan.header["templates"]), tuple(plan.header["target"]["attributes"]), "plan")
+        target = plan.header["target"]["attributes"]
+        return cls(tuple(plan.header["templates"]), tuple(target), "plan",
+                   tuple((a, tuple(v)) for a, v in target.items()))
 
     @classmethod
     def of_dataset(cls, dataset: Dataset) -> "CaptionForm":
         """The templates and attribute axes the samples' own prompts were made with (their provenance)."""
         templates: dict[str, None] = {}
-        axes: dict[str, None] = {}
+        axes: dict[str, dict[str, None]] = {}
         for rec in dataset.records():
             prompt = rec.get("prompt") or {}
             if isinstance(prompt.get("template"), str):
                 templates.setdefault(prompt["template"])
-            for a in prompt.get("attributes") or {}:
-                axes.setdefault(str(a))
-        return cls(tuple(templates), tuple(axes), "dataset") if templates else cls(axes=tuple(axes))
+            for a, v in (prompt.get("attributes") or {}).items():
+                axes.setdefault(str(a), {}).setdefault(str(v))
+        values = tuple((a, tuple(v)) for a, v in axes.items())
+        return (cls(tuple(templates), tuple(axes), "dataset", values) if templates
+                else cls(axes=tuple(axes), values=values))
 
-    def texts(self, scorer: Scorer, sample: Sample, info: ClassInfo | None = None) -> list[str]:
-        """The captions a real ``sample`` is scored against: one per template, filled as a plan fills it
-        with the class's words (``info``, from the real dataset's class names; None: the id is the name)."""
+    def variants(self, scorer: Scorer, sample: Sample, info: ClassInfo | None = None) -> list[list[str]]:
+        """Per template, the captions a real ``sample`` is scored against (several when it lacks an axis: one
+        per value; it keeps the best), filled as a plan fills them with the class's words (``info``, from the
+        real dataset's class names; None: the id is the name)."""
         have = sample_attributes(sample.provenance)
+        known = dict(self.values)
         missing = [a for a in self.axes if a not in have]
-        if missing:
-            raise FactoryError(f"calibration: real sample {sample.key!r} has no {missing[0]!r} attribute, which the "
-                               f"samples' captions name; give real data that carries it (e.g. split.style)")
-        attrs = {a: have[a] for a in self.axes}
+        unknowable = [a for a in missing if not known.get(a) or a in STYLE_LEVELS]  # measurable: must be measured
+        if unknowable:
+            raise FactoryError(f"calibration: real sample {sample.key!r} has no {unknowable[0]!r} attribute, which "
+                               f"the samples' captions name; give real data that carries it (e.g. split.style)")
+        attrs = {a: have[a] for a in self.axes if a in have}
         class_name = sample.provenance["class_name"]
         info = info or ClassInfo(class_name, class_name)
         word = class_words(scorer, [class_name], [info.name])[0]
         if not self.templates:
-            return [scorer.prompt_text(word, None, attrs or None)]
+            return [[scorer.prompt_text(word, None, a or None) for a in _fillings(attrs, missing, known)]]
         out = []
         for t in self.templates:
-            try:
-                text = fill_template(t, info, attrs, 0, sample.key)
-            except FactoryError as exc:
-                raise FactoryError(f"calibration: template {t!r} cannot be filled for real sample {sample.key!r} "
-                                   f"({exc})") from None
-            out.append(scorer.prompt_text(class_name, text, attrs or None))
+            used = [a for a in missing if "{" + a + "}" in t]
+            texts = []
+            for a in _fillings(attrs, used, known):
+                try:
+                    text = fill_template(t, info, {**{m: known[m][0] for m in missing}, **a}, 0, sample.key)
+                except FactoryError as exc:
+                    raise FactoryError(f"calibration: template {t!r} cannot be filled for real sample "
+                                       f"{sample.key!r} ({exc})") from None
+                texts.append(scorer.prompt_text(class_name, text, a or None))
+            out.append(texts)
         return out
+
+    def texts(self, scorer: Scorer, sample: Sample, info: ClassInfo | None = None) -> list[str]:
+        """One caption per template for a real ``sample`` that carries every axis (see :meth:`variants`)."""
+        return [v[0] for v in self.variants(scorer, sample, info)]
 
     def describe(self) -> dict[str, Any]:
         return {"from": self.source, "templates": list(self.templates), "attributes": list(self.axes)}
+
+
+def _fillings(attrs: dict[str, str], missing: Sequence[str], known: Mapping[str, Sequence[str]]
+              ) -> list[dict[str, str]]:
+    """``attrs`` with every combination of values of the ``missing`` axes."""
+    out = [dict(attrs)]
+    for axis in missing:
+        out = [{**a, axis: v} for a in out for v in known[axis]]
+    return out
 
 
 def real_scores(scorer: Scorer, real: Dataset, form: CaptionForm = CaptionForm(), batch_size: int = 256
@@ -158,11 +190,12 @@ def real_scores(scorer: Scorer, real: Dataset, form: CaptionForm = CaptionForm()
     own_all, marg_all = [], []
     for batch in _batches(real, batch_size):
         img = scorer.embed_images([s.pil() for s in batch])
-        texts = [form.texts(scorer, s, infos[s.label]) for s in batch]
-        new = sorted({t for ts in texts for t in ts} - cache.keys())
+        texts = [form.variants(scorer, s, infos[s.label]) for s in batch]
+        new = sorted({t for per in texts for ts in per for t in ts} - cache.keys())
         if new:
             cache.update(zip(new, scorer.embed_texts(new)))
-        own_all.append(np.array([[float(img[i] @ cache[t]) for t in ts] for i, ts in enumerate(texts)]))
+        own_all.append(np.array([[max(float(img[i] @ cache[t]) for t in ts) for ts in per]
+                                 for i, per in enumerate(texts)]))
         marg_all.append(margins(img @ text_emb.T, [s.label for s in batch]))
     if not own_all:
         raise FactoryError(f"{real.path}: no real images to calibrate on")

@@ -140,11 +140,12 @@ def with_style(sample: Sample, levels: Levels, values: Mapping[str, float]) -> S
     return with_updates(sample, attributes=attrs)
 
 
-def split(dataset: Path | str, train_out: Path | str, test_out: Path | str, *, test_fraction: float,
+def split(dataset: Path | str, train_out: Path | str, test_out: Path | str | None, *, test_fraction: float,
           seed: int, val_out: Path | str | None = None, val_fraction: float = 0.2,
           style: Sequence[str] = (), shard_size: int | None = None, overwrite: bool = False) -> dict[str, int]:
     """Deterministic stratified split of ``dataset`` into train and test, and, with ``val_out``, a val
-    split carved from the train part.
+    split carved from the train part. ``test_out`` None: the data has a real test set of its own (ingested
+    apart), so nothing is drawn for test and ``test_fraction`` is not used.
 
     The test draw is the same with or without val: ``test_fraction`` of each class of the whole set
     (:func:`stratified_test_keys`). Val is ``val_fraction`` of each class of the rest, on its own RNG stream
@@ -153,7 +154,9 @@ def split(dataset: Path | str, train_out: Path | str, test_out: Path | str, *, t
     ``attributes`` in all splits; the edges go to each split's index meta (``style_levels``).
     """
     ds = Dataset(dataset)
-    outs = {"train": Path(train_out), "test": Path(test_out)}
+    outs = {"train": Path(train_out)}
+    if test_out is not None:
+        outs["test"] = Path(test_out)
     if val_out is not None:
         outs["val"] = Path(val_out)
     for name, out in outs.items():
@@ -170,11 +173,12 @@ def split(dataset: Path | str, train_out: Path | str, test_out: Path | str, *, t
         labels[s.key] = s.label
         if style:
             values[s.key] = style_values(s.pil())
-    test_keys = stratified_test_keys(labels.items(), test_fraction, seed)
+    test_keys = stratified_test_keys(labels.items(), test_fraction, seed) if test_out is not None else set()
     val_keys: set[str] = set()
     if val_out is not None:
         val_keys = stratified_val_keys(((k, y) for k, y in labels.items() if k not in test_keys), val_fraction, seed)
-    lineage: dict[str, Any] = {"split_of": ds.ref(), "test_fraction": test_fraction, "seed": seed}
+    lineage: dict[str, Any] = {"split_of": ds.ref(), "test_fraction": test_fraction if test_out is not None else 0,
+                               "seed": seed}
     if val_out is not None:
         lineage["val_fraction"] = val_fraction
     meta = ds.meta

@@ -318,24 +318,45 @@ def read_plan(path: Path | str) -> Plan:
     return Plan(header, rows)
 
 
+MAX_CELL_COLUMNS = 12  # wider plans print one table per attribute axis (its marginal counts) instead
+
+
 def count_table(plan: Plan) -> str:
-    """Counts per class x attribute cell, with the target share of each cell."""
-    cell_names = [_cell_id(c["attributes"]) or "(all)" for c in plan.header["target"]["cells"]]
-    counts: Counter[tuple[str, str]] = Counter((r.class_name, _cell_id(r.attributes) or "(all)") for r in plan.rows)
-    width = max([len("class")] + [len(c) for c in plan.header["plan_classes"]])
-    cols = [max(len(c), 6) for c in cell_names]
-    lines = ["  ".join([f"{'class':<{width}}"] + [f"{c:>{w}}" for c, w in zip(cell_names, cols)] + [" total"])]
-    for cls in plan.header["plan_classes"]:
-        row = [counts[(cls, c)] for c in cell_names]
-        lines.append("  ".join([f"{cls:<{width}}"] + [f"{n:>{w}}" for n, w in zip(row, cols)] + [f"{sum(row):>6}"]))
-    shares = [c["share"] for c in plan.header["target"]["cells"]]
-    label = "target"
-    if "cell_weights" in plan.header["target"]:  # per-class weights: the rows' own shares are the target
-        label, shares = "share", [sum(counts[(c, n)] for c in plan.header["plan_classes"]) / max(len(plan.rows), 1)
-                                  for n in cell_names]
-    lines.append("  ".join([f"{label:<{width}}"] + [f"{s:>{w}.1%}" for s, w in zip(shares, cols)] + [""]))
+    """Counts per class x attribute cell, with the target share of each cell (per class x value of each axis
+    when there are more than :data:`MAX_CELL_COLUMNS` cells)."""
+    cells = plan.header["target"]["cells"]
+    cell_names = [_cell_id(c["attributes"]) or "(all)" for c in cells]
+    if len(cell_names) <= MAX_CELL_COLUMNS:
+        counts: Counter[tuple[str, str]] = Counter((r.class_name, _cell_id(r.attributes) or "(all)") for r in plan.rows)
+        shares = [c["share"] for c in cells]
+        lines = _class_table(plan, cell_names, counts, shares, "cell_weights" in plan.header["target"])
+    else:
+        lines = []
+        for axis in plan.header["target"]["attributes"]:
+            values = list(plan.header["target"]["attributes"][axis])
+            counts = Counter((r.class_name, str(r.attributes.get(axis))) for r in plan.rows)
+            shares = [sum(c["share"] for c in cells if c["attributes"].get(axis) == v) for v in values]
+            lines += [f"{axis}:"] + _class_table(plan, values, counts, shares, "cell_weights" in plan.header["target"])
     t = plan.header["target"]
     lines.append(f"{len(plan.rows)} rows; {len(plan.header['plan_classes'])} classes x {plan.header['images_per_class']}"
                  f" images (target {t['images_per_class']} x oversample {t['oversample']:g}); "
                  f"{plan.header['images_per_prompt']} images per prompt; {len(plan.header['templates'])} templates")
     return "\n".join(lines)
+
+
+def _class_table(plan: Plan, columns: Sequence[str], counts: Counter[tuple[str, str]], shares: Sequence[float],
+                 own_shares: bool) -> list[str]:
+    """Rows per class of ``counts`` over ``columns``, and the target shares (``own_shares``: per-class
+    weights, so the rows' own shares are the target)."""
+    width = max([len("class")] + [len(c) for c in plan.header["plan_classes"]])
+    cols = [max(len(c), 6) for c in columns]
+    lines = ["  ".join([f"{'class':<{width}}"] + [f"{c:>{w}}" for c, w in zip(columns, cols)] + [" total"])]
+    for cls in plan.header["plan_classes"]:
+        row = [counts[(cls, c)] for c in columns]
+        lines.append("  ".join([f"{cls:<{width}}"] + [f"{n:>{w}}" for n, w in zip(row, cols)] + [f"{sum(row):>6}"]))
+    label = "target"
+    if own_shares:
+        label, shares = "share", [sum(counts[(c, n)] for c in plan.header["plan_classes"]) / max(len(plan.rows), 1)
+                                  for n in columns]
+    lines.append("  ".join([f"{label:<{width}}"] + [f"{s:>{w}.1%}" for s, w in zip(shares, cols)] + [""]))
+    return lines

@@ -71,7 +71,8 @@ def feature_views(cfg: EvaluationConfig, reference_cnn: ReferenceFeatures
     """The feature spaces of an evaluation (view name -> extractor; the reference CNN's first) and the views
     left out with the reason (an Inception weights file that is not on disk)."""
     views: dict[str, FeatureExtractor] = {PRIMARY: reference_cnn,
-                                          cfg.encoder: feature_extractor(cfg.encoder, cfg.encoder_path)}
+                                          cfg.encoder: feature_extractor(cfg.encoder, cfg.encoder_path,
+                                                                         checkpoint=cfg.encoder_checkpoint)}
     skipped = {}
     if cfg.inception_path and "inception" not in views:
         if Path(cfg.inception_path).is_file():

@@ -169,9 +169,13 @@ class InceptionFeatures(FeatureExtractor):
         return np.concatenate(out)
 
 
-def feature_extractor(kind: str, path: Path | str, device: str = "cpu") -> FeatureExtractor:
-    """``"clip"``: the embedded scorer folder at ``path``; ``"inception"``: Inception v3 weights file ``path``."""
+def feature_extractor(kind: str, path: Path | str, device: str = "cpu", checkpoint: Path | str | None = None
+                      ) -> FeatureExtractor:
+    """``"clip"``: the embedded scorer folder at ``path`` or, with ``checkpoint``, the open_clip architecture
+    ``path`` with those weights; ``"inception"``: Inception v3 weights file ``path``."""
     if kind == "clip":
+        if checkpoint is not None:
+            return ClipFeatures(load_scorer("open_clip", str(path), checkpoint, device=device))
         return ClipFeatures(load_scorer("embedded", path, device=device))
     if kind == "inception":
         return InceptionFeatures(path, device=device)

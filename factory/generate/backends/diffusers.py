@@ -26,6 +26,15 @@ CPU in float32). The cost is up to ``batch_size - 1`` wasted images per :meth:`g
 On a GPU the same padding keeps shapes fixed, but bit-exactness there also needs deterministic
 kernels (no ``cudnn.benchmark``) and is not tested here.
 
+Compilation (``sampler.compile``, CUDA only). The UNet, where nearly all the time goes, is wrapped in
+``torch.compile(mode="reduce-overhead")``: Inductor kernels replayed as CUDA graphs, which cut the launch
+overhead of its hundreds of small kernels. Every call has the same shape (the fixed micro-batches above), so
+one graph serves the whole run (``max-autotune`` would spend minutes more tuning kernels). The first batch
+pays the compilation, a minute or more for SD 1.5 (``bench/gpu.py`` reports it as the warm-up), so it is for
+long runs. On the CPU it is refused (a FactoryError) rather than ignored: a record must not say
+``compile`` where nothing was compiled, and Inductor's CPU code gains little here. Compiled kernels round
+differently from eager ones, so :meth:`DiffusersGenerator.describe` records ``compile`` (only when on).
+
 Safety checker. Pipelines that have one (Stable Diffusion 1.x/2.x) are loaded with
 ``safety_checker=None``: the checker replaces images it flags with black squares, which would
 silently put black images under real labels into a training set, and it costs a second model per
@@ -60,6 +69,7 @@ SCHEDULER_CLASSES = {
     "pndm": "PNDMScheduler",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+COMPILE_MODE = "reduce-overhead"  # sampler.compile: torch.compile(pipe.unet, mode=...); see the module docstring
 _HASH_CHUNK = 1 << 20
 
 
@@ -233,6 +243,9 @@ class DiffusersGenerator:
         model = str(path)
         folder = resolve_pipeline_folder(path)
         index = _read_model_index(model, folder)
+        if sampler.compile and not device.startswith("cuda"):
+            raise FactoryError(f"compile (torch.compile of the UNet) is for CUDA devices only; the device is "
+                               f"{device!r}: set generate.compile to false")
         if device == "cpu" and dtype == torch.float16:
             log.warning("float16 on the CPU is slow and not supported by every layer; "
                         "use dtype float32 or auto")
@@ -265,6 +278,8 @@ class DiffusersGenerator:
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
+        if sampler.compile:  # see the module docstring
+            pipe.unet = torch.compile(pipe.unet, mode=COMPILE_MODE)
 
         native_h, native_w = (None, None)
         if sampler.height is None or sampler.width is None:
@@ -308,6 +323,8 @@ class DiffusersGenerator:
             "dtype": self.dtype,
             "pipeline": type(self.pipe).__name__,
             "batch_size": s.batch_size,  # fixed micro-batch shape; part of what makes the bytes
+            # compiled kernels round differently: recorded when on (absent when off, as before the option)
+            **({"compile": COMPILE_MODE} if s.compile else {}),
         }
 
     def generate(self, requests: Sequence[GenRequest]) -> list[bytes]:
