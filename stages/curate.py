@@ -30,7 +30,7 @@ def main() -> None:
                       ("--train", "the real train split (memorised copies)"),
                       ("--test", "a real test split (test leaks; repeatable)", {"action": "append"}))
     c = load_params().curate
-    scorer = load_scorer(c.scorer_backend, c.scorer_model, c.scorer_checkpoint)
+    scorer = load_scorer(c.scorer_backend, c.scorer_model, c.scorer_checkpoint, device=c.scorer_device)
     result = curate(args.raw, args.out, scorer=scorer, cfg=c, calibrate_on=args.val, test=args.test,
                     train=[args.train], plan=args.plan, rejected_dir=args.rejected, report_path=args.report,
                     overwrite=True)

@@ -169,3 +169,29 @@ def test_open_vocabulary_scorers_caption_names_and_closed_ones_ids():
     assert CaptionForm().texts(closed, Real(), info) == ["a photo of n01440764"]
     form = CaptionForm(("a photo of a {class_name}, a {hypernym}",))
     assert form.texts(open_, Real(), info) == ["a photo of a tench, a cyprinid"]
+
+
+def test_prompt_only_attributes_are_scored_as_the_best_caption_over_their_values():
+    """A photo carries no 'background' (nothing measures it): each value fills the caption and the photo keeps
+    its best; a style axis that split measures (thickness) is never guessed."""
+    class Stub:
+        open_vocabulary = True
+
+        def prompt_text(self, class_name, text=None, attributes=None):
+            return text or f"a photo of {class_name}"
+
+    class Real:
+        key = "r1"
+        provenance = {"class_name": "n01440764", "attributes": {"lighting": "dim"}}
+
+    info = ClassInfo("n01440764", "tench", ("Tinca tinca",), "a fish", "cyprinid")
+    form = CaptionForm(("a {lighting} photo of a {class_name}, {background}", "a photo of a {class_name}"),
+                       ("background", "lighting"), "plan",
+                       (("background", ("outdoors", "indoors")), ("lighting", ("bright", "dim"))))
+    assert form.variants(Stub(), Real(), info) == [
+        ["a dim photo of a tench, outdoors", "a dim photo of a tench, indoors"], ["a photo of a tench"]]
+    with pytest.raises(FactoryError, match="has no 'thickness' attribute"):
+        CaptionForm(("a {thickness} {class_name}",), ("thickness",), "plan",
+                    (("thickness", ("thin", "thick")),)).variants(Stub(), Real(), info)
+    with pytest.raises(FactoryError, match="has no 'background' attribute"):  # no values to try
+        CaptionForm(("a {class_name}, {background}",), ("background",), "dataset").variants(Stub(), Real(), info)

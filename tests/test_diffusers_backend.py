@@ -1,6 +1,7 @@
 """The production generator backend, on a tiny random-weight Stable Diffusion pipeline.
 
-The pipeline is built in the test (``tests/tiny_sd.py``), saved to a temporary folder and loaded
+The pipeline is built in the test (``factory.generate.random_sd``, architecture ``tiny``), saved to a temporary
+folder and loaded
 back through ``DiffusionPipeline.from_pretrained(path, local_files_only=True)``: no downloads.
 """
 
@@ -11,7 +12,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import
 import io  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -24,8 +24,7 @@ from factory.core.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
 from factory.generate.backends.base import SCHEDULERS, GenRequest, SamplerConfig  # noqa: E402
 from factory.generate.backends.diffusers import DiffusersGenerator, resolve_pipeline_folder, weights_sha256
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_sd import build_tiny_sd, build_tiny_tokenizer  # noqa: E402
+from factory.generate.random_sd import build_sd  # noqa: E402
 
 FAST = SamplerConfig(steps=2, scheduler="ddim", guidance_scale=3.0, batch_size=4, device="cpu")
 PROMPTS = ["a photo of the digit 3", "a photo of a tench", "a drawing of the digit 7",
@@ -53,7 +52,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+    return build_sd(tmp_path_factory.mktemp("models") / "tiny-sd", "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +61,6 @@ def gen(tiny_sd) -> DiffusersGenerator:
 
 
 # --- the helper itself --------------------------------------------------------------------------
-
-def test_tiny_tokenizer_tokenizes_prompts_offline(tmp_path):
-    tok = build_tiny_tokenizer(tmp_path / "tok")
-    ids = tok("a photo of the digit 3").input_ids
-    assert tok.convert_ids_to_tokens(ids) == [
-        "<|startoftext|>", "a</w>", "photo</w>", "of</w>", "the</w>", "digit</w>", "3</w>", "<|endoftext|>"]
-    assert "tench</w>" in tok.convert_ids_to_tokens(tok("a photo of a tench").input_ids)
-    # Unknown words fall back to characters; nothing is dropped or unknown.
-    odd = tok.convert_ids_to_tokens(tok("Zebra!").input_ids)
-    assert odd[0] == "<|startoftext|>" and odd[-1] == "<|endoftext|>" and len(odd) > 3
-    assert tok.unk_token_id not in tok("Zebra!").input_ids[1:-1]
-
 
 def test_tiny_sd_is_a_saved_pipeline(tiny_sd):
     index = json.loads((tiny_sd / "model_index.json").read_text())
@@ -279,9 +266,9 @@ def test_weights_sha256_is_stable_and_tracks_the_weights(tmp_path, tiny_sd, gen)
     assert weights_sha256(copy) == digest  # content and relative paths, not location
     (copy / "unet" / "config.json").write_text("{}")
     assert weights_sha256(copy) == digest  # configs are not weights
-    rebuilt = build_tiny_sd(tmp_path / "rebuilt", seed=0)
+    rebuilt = build_sd(tmp_path / "rebuilt", "tiny", seed=0)
     assert weights_sha256(rebuilt) == digest  # same seed, same weights, same files
-    other = build_tiny_sd(tmp_path / "other", seed=1)
+    other = build_sd(tmp_path / "other", "tiny", seed=1)
     assert weights_sha256(other) != digest
 
 

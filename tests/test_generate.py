@@ -170,12 +170,13 @@ def test_bad_inputs_fail_before_generating(tiny_generator, plan_file, tmp_path, 
 def test_diffusers_backend_through_generate_and_regenerate(tmp_path, digits_split):
     """The production path end to end: a tiny random SD pipeline saved to a folder, loaded back."""
     import torch
-    from tiny_sd import build_tiny_sd
+
+    from factory.generate.random_sd import build_sd
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = build_tiny_sd(tmp_path / "sd")
+        model = build_sd(tmp_path / "sd", "tiny")
         plan = build_plan(PlanConfig(images_per_class=3, images_per_prompt=3, classes=("2", "5"),
                                      templates=("a photo of the digit {class_name}",)),
                           Dataset(digits_split[0]).classes)

@@ -169,6 +169,19 @@ def test_split_is_stratified_deterministic_and_disjoint(digits, tmp_path):
     assert te.meta["split_of"]["index_sha256"] == Dataset(digits).index_sha256
 
 
+def test_split_without_test_draws_only_val(digits, tmp_path):
+    """Data with a test set of its own (ingested apart): split draws val alone and writes no test."""
+    counts = split(digits, tmp_path / "tr", None, val_out=tmp_path / "va", test_fraction=0.2, val_fraction=0.25,
+                   seed=3)
+    tr, va = Dataset(tmp_path / "tr"), Dataset(tmp_path / "va")
+    assert counts == {"train": len(tr), "val": len(va)} and len(tr) + len(va) == 1797
+    assert not {s.key for s in tr} & {s.key for s in va} and not (tmp_path / "te").exists()
+    full = Counter(s.label for s in Dataset(digits))
+    val_counts = Counter(s.label for s in va)
+    assert all(val_counts[label] == round(n * 0.25) for label, n in full.items())
+    assert va.meta["test_fraction"] == 0 and va.meta["split"] == "val"
+
+
 def test_stratified_keys_ignore_input_order():
     pairs = [(f"k{i}", i % 3) for i in range(30)]
     assert stratified_test_keys(pairs, 0.3, 0) == stratified_test_keys(pairs[::-1], 0.3, 0)

@@ -81,6 +81,7 @@ class CurateConfig(FilterConfig, DedupConfig):
     scorer_backend: Literal["embedded", "open_clip"] = "embedded"
     scorer_model: str = "models/clip"  # a folder (embedded) or an open_clip architecture name
     scorer_checkpoint: str | None = None  # open_clip: a local weights file
+    scorer_device: str = "cpu"  # cpu | cuda[:N] | auto (cuda when available)
     deduplicate: Bool = True  # False: the semantic-mismatch filter alone (factory filter)
     semantic_dedup: Bool = False  # also pair images whose CLIP embeddings have cosine >= semantic_threshold
     drop_memorized: Bool = False  # matches with real train are reported; true drops them

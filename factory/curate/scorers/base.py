@@ -23,10 +23,12 @@ DEFAULT_BATCH_SIZE = 256
 
 
 def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise FactoryError(f"scorer device must be cpu or cuda[:N]; got {device!r}") from None
+        raise FactoryError(f"scorer device must be cpu, cuda[:N] or auto; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FactoryError(f"scorer device {device!r}: CUDA is not available on this machine")
     return dev
