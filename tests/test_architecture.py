@@ -1,6 +1,6 @@
 """The package's shape, checked from the code itself so it cannot drift.
 
-- layers: ``core`` < ``config`` < ``data`` < ``generate`` < ``curate`` < ``train`` < ``measure`` < ``loops`` < ``cli``;
+- layers: ``core`` < ``config`` < ``data`` < ``generate`` < ``curate`` < ``train`` < ``measure`` < ``loops`` < ``share`` < ``cli``;
   a module imports only from its own layer or lower ones, so there is no import cycle between phases;
 - no import cycle between modules either, and no module over 500 lines;
 - every DVC stage declares, as deps, every file of ``factory/`` that its script imports, directly or
@@ -18,7 +18,7 @@ from factory.core import code
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "factory"
-LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "loops", "cli")
+LAYERS = ("core", "config", "data", "generate", "curate", "train", "measure", "loops", "share", "cli")
 MAX_LINES = 500
 
 

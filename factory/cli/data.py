@@ -11,6 +11,29 @@ import click
 from factory.cli.common import echo, echo_json, escape, escape_all, progress
 
 
+class DatasetLocation(click.ParamType):
+    """A dataset argument: a local folder (a ``Path``) or an fsspec URL such as ``s3://bucket/prefix/dataset``
+    (a :class:`~factory.core.remote.RemotePath`; endpoint and credentials from the environment, README
+    "Datasets on S3")."""
+
+    name = "dataset"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        from factory.core.remote import dataset_location
+
+        return dataset_location(value)
+
+    def shell_complete(self, ctx, param, incomplete):  # local folders complete as click.Path's do
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="dir")]
+
+
+DATASET = DatasetLocation()
+
+
 @click.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(path_type=Path))
@@ -22,20 +45,28 @@ from factory.cli.common import echo, echo_json, escape, escape_all, progress
 @click.option("--class-names", default=None, metavar="FILE|imagenet|none",
               help="What the class ids are called: a TSV or JSON file (id, name, synonyms, definition, hypernym), "
                    "'imagenet' (bundled WordNet names), or 'none'. Default: ImageNet names for WordNet-id folders.")
+@click.option("--image-column", default=None, metavar="COLUMN",
+              help="hf: sources: the column holding the images (default: the first Image column).")
+@click.option("--label-column", default=None, metavar="COLUMN",
+              help="hf: sources: the column holding the labels (default: the first ClassLabel column; an integer "
+                   "or string column gets its sorted distinct values as classes).")
 def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_bad: bool, overwrite: bool,
-           class_names: str | None) -> None:
+           class_names: str | None, image_column: str | None, label_column: str | None) -> None:
     """Pack real images from SOURCE into a dataset at OUT_DIR.
 
     SOURCE is sklearn:digits, sklearn:digits-colored[?bias=0.9&seed=0], hf:<name-or-path>[:<split>],
     an ImageFolder folder (<class>/<file>), or an existing dataset folder (re-shard). Class folders named by
-    WordNet id (n01440764, ...) get their ImageNet names (tench, ...): prompts use the names.
+    WordNet id (n01440764, ...) get their ImageNet names (tench, ...): prompts use the names. hf: reads
+    offline (a folder or the Hugging Face cache); a factory export (factory export-hf) comes back with every
+    sample's key, provenance record and image bytes as they were.
 
     Example: factory ingest ../shared/data/imagenette-mini/train data/inet-train --shard-size 500
     """
     from factory.data.ingest import ingest as run_ingest
 
     summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
-                         overwrite=overwrite, class_names=class_names, progress=lambda it: progress(it, "ingest"))
+                         overwrite=overwrite, class_names=class_names, progress=lambda it: progress(it, "ingest"),
+                         image_column=image_column, label_column=label_column)
     echo(f"wrote {summary.samples} samples in {summary.shards} shards "
          f"({len(summary.classes)} classes) to {escape(summary.out_dir)}")
     if summary.names:
@@ -79,10 +110,12 @@ def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, 
 
 
 @click.command()
-@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("datasets", nargs=-1, required=True, type=DATASET)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
     """Re-hash every shard, check counts and decode every image. Exit 1 if anything is wrong.
+
+    A DATASET is a folder or an fsspec URL (s3://bucket/prefix/dataset).
 
     Example: factory verify data/real/train data/real/test
     """
@@ -109,10 +142,11 @@ def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
 
 
 @click.command(name="inspect")
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset", type=DATASET)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def inspect_cmd(dataset: Path, as_json: bool) -> None:
-    """Summarise DATASET: samples, classes with counts, sources, generations, image sizes, bytes.
+    """Summarise DATASET (a folder or an s3://... URL): samples, classes with counts, sources, generations,
+    image sizes, bytes.
 
     Example: factory inspect data/real/train --json
     """
@@ -126,7 +160,7 @@ def inspect_cmd(dataset: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset", type=DATASET)
 @click.argument("key")
 def show(dataset: Path, key: str) -> None:
     """Print the provenance record of sample KEY in DATASET as JSON.
@@ -139,7 +173,7 @@ def show(dataset: Path, key: str) -> None:
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset", type=DATASET)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--per-class", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--cell", default=64, show_default=True, type=click.IntRange(8, 1024), help="Cell size in pixels.")

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a check ran and found problems; 2 bad usage or bad input. Errors are one
 line on stderr naming the file, key or parameter at fault. The commands live in one module per
-group: :mod:`factory.cli.data`, :mod:`factory.cli.generate`, :mod:`factory.cli.curate`.
+group: :mod:`factory.cli.data`, :mod:`factory.cli.generate`, :mod:`factory.cli.curate`,
+:mod:`factory.cli.loop`, :mod:`factory.cli.share`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import click
 
 from factory import __version__
-from factory.cli import curate, data, generate, loop
+from factory.cli import curate, data, generate, loop, share
 from factory.cli.common import EscapingFormatter, FactoryGroup
+from factory.cli.push import push_hf
 
 __all__ = ["FactoryGroup", "cli", "main"]
 
@@ -35,9 +37,11 @@ def cli(verbose: bool) -> None:
 
 
 for command in (data.ingest, data.split, data.verify, data.inspect_cmd, data.show, data.grid,
-                generate.prompts, generate.regenerate, curate.filter_cmd, curate.dedup_command, loop.loop):
+                generate.prompts, generate.regenerate, curate.filter_cmd, curate.dedup_command, loop.loop,
+                share.export_hf):
     cli.add_command(command)
 generate.prompts.add_command(curate.prompts_audit)
+cli.add_command(push_hf)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ a hidden temporary name and renamed only when complete. A whole dataset is assem
 hidden staging directory next to its destination and moved into place with its ``index.json``
 last, so a crash at any moment leaves either the previous state or the complete new dataset.
 Reading streams too, one shard at a time, through the checked tar iterator of
-:mod:`factory.core.integrity` (webdataset and ``datasets`` read the same shards).
+:mod:`factory.core.integrity` (webdataset and ``datasets`` read the same shards). A dataset may also be
+read from an fsspec URL (``s3://bucket/prefix/dataset``, :mod:`factory.core.remote`); writing is local only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from factory.core.integrity import (  # noqa: F401  (DATASET_SCHEMA, INDEX_NAME:
     shard_file_problem,
 )
 from factory.core.outputs import OutputDir, PathLike, claim_output_dir, dataset_problem
+from factory.core.remote import RemotePath, dataset_location, is_url, read_remote_index
 from factory.core.sample import IMAGE_EXTS, Sample, build_epoch, validate_record
 from factory.core.secrets import check_no_secret
 
@@ -266,8 +269,10 @@ def decode_members(key: str, members: Mapping[str, bytes], where: str) -> Sample
     return Sample(key=key, image=members[exts[0]], label=label, provenance=record, ext=exts[0])
 
 
-def _open_shard(path: Path, where: str) -> BinaryIO:
+def _open_shard(path: Path | RemotePath, where: str) -> BinaryIO:
     try:
+        if isinstance(path, RemotePath):
+            return path.open_stream(where)
         return open_regular(path, where)
     except FileNotFoundError:
         raise DatasetError(f"{where}: shard listed in {INDEX_NAME} is missing") from None
@@ -275,10 +280,19 @@ def _open_shard(path: Path, where: str) -> BinaryIO:
         raise DatasetError(f"{where}: unreadable ({exc.strerror or exc})") from None
 
 
-def iter_shard_file(path: Path, where: str | None = None) -> Iterator[Sample]:
+def open_shard_url(url: str, where: str) -> BinaryIO:
+    """A shard named by ``Dataset.urls()`` opened for the tar iterator: a local file as
+    :func:`~factory.core.integrity.open_regular` opens it (a missing one raises FileNotFoundError), a URL
+    streamed through fsspec."""
+    if is_url(url):
+        return RemotePath(url).open_stream(where)
+    return open_regular(Path(url), where)
+
+
+def iter_shard_file(path: Path | RemotePath | str, where: str | None = None) -> Iterator[Sample]:
     """The samples of one shard, in order, through the checked tar iterator
     (:func:`~factory.core.integrity.iter_tar_samples`); errors name ``where`` (default: the shard's name)."""
-    path = Path(path)
+    path = dataset_location(path)
     where = where or path.name
     with _open_shard(path, where) as stream:
         for key, members in iter_tar_samples(stream, where):
@@ -291,19 +305,31 @@ class Dataset:
     Iterating streams samples shard by shard, with the cheap checks (safe tar reading, records valid and
     consistent with the index); :meth:`iter_checked` adds every check of ``factory verify`` and is what
     every copy of samples into a new dataset reads through.
+
+    ``path`` may be an fsspec URL (``"s3://bucket/prefix/dataset"``, a ``str``): ``self.path`` is then a
+    :class:`~factory.core.remote.RemotePath` and shards are streamed from the store (read-only).
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | RemotePath | str) -> None:
+        location = dataset_location(path)
+        if isinstance(location, RemotePath):
+            self.path: Path | RemotePath = location
+            index, raw = read_remote_index(location)
+            self.index: dict[str, Any] = index
+            self.index_sha256 = hashlib.sha256(raw).hexdigest()
+            return
+        self.path = location
         if not self.path.exists():
-            raise DatasetError(f"{self.path}: no such dataset directory")
+            hint = " (this command reads local folders; URLs are for verify, inspect, show, grid, pools)" \
+                if re.match(r"[a-z0-9]+:/[^/]", str(path)) else ""  # Path("s3://b/d") is "s3:/b/d"
+            raise DatasetError(f"{self.path}: no such dataset directory{hint}")
         if not self.path.is_dir():
             raise DatasetError(f"{self.path}: not a directory")
         index_path = self.path / INDEX_NAME
         if not index_path.is_file():
             raise DatasetError(f"{self.path}: not a factory dataset (no {INDEX_NAME})")
         index, raw = read_index(index_path)
-        self.index: dict[str, Any] = index
+        self.index = index
         self.index_sha256 = hashlib.sha256(raw).hexdigest()
 
     @property
@@ -353,7 +379,7 @@ class Dataset:
         shard or sample is left out instead and ``on_bad`` gets one line ("<shard>: why") for it. A tar
         that breaks half-way loses the rest of its shard; what was yielded before stays valid.
         """
-        def bad(msg: str) -> None:
+        def bad(msg: str) -> None:  # msg: "<shard>: why"
             if not skip_bad:
                 raise DatasetError(f"{self.path}{os.sep}{msg}")
             log.info("%s: skipping %s", self.path, msg)
@@ -366,16 +392,10 @@ class Dataset:
         clean = True
         for entry in self.shards:
             name = entry["name"]
-            problem = shard_file_problem(self.path / name, entry)
-            if problem is not None:
+            stream, problem = self._open_checked(entry)
+            if stream is None:
                 clean = False
-                bad(f"{name}: {problem}")
-                continue
-            try:
-                stream = _open_shard(self.path / name, name)
-            except DatasetError as exc:  # removed or made unreadable since it was hashed
-                clean = False
-                bad(str(exc))
+                bad(problem or name)
                 continue
             read = 0
             with stream:
@@ -415,6 +435,21 @@ class Dataset:
                 bad(f"{INDEX_NAME}: counts differ from the shards ({'; '.join(wrong[:3])}"
                     f"{'; ...' if len(wrong) > 3 else ''})")
 
+    def _open_checked(self, entry: dict[str, Any]) -> tuple[BinaryIO | None, str | None]:
+        """The shard of ``entry`` opened once its size and sha256 match the index, or ``(None, "<shard>:
+        why")``. A remote shard is downloaded once into a spool and hashed on the way."""
+        name = entry["name"]
+        if isinstance(self.path, RemotePath):
+            stream, problem = (self.path / name).fetch_checked(entry, name)
+            return stream, None if problem is None else f"{name}: {problem}"
+        problem = shard_file_problem(self.path / name, entry)
+        if problem is not None:
+            return None, f"{name}: {problem}"
+        try:
+            return _open_shard(self.path / name, name), None
+        except DatasetError as exc:  # removed or made unreadable since it was hashed
+            return None, str(exc)
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Only the provenance records (cheap: images are not decoded)."""
         for s in self:
@@ -427,5 +462,5 @@ class Dataset:
         raise FactoryError(f"{self.path}: no sample with key {key!r}")
 
 
-def open_dataset(path: Path | str) -> Dataset:
+def open_dataset(path: Path | RemotePath | str) -> Dataset:
     return Dataset(path)

@@ -33,7 +33,8 @@ class IngestSummary:
 
 def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SIZE, name: str | None = None,
            skip_bad: bool = False, overwrite: bool = False, class_names: str | Path | None = None,
-           progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None) -> IngestSummary:
+           progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None,
+           image_column: str | None = None, label_column: str | None = None) -> IngestSummary:
     """Stream the source ``spec`` into a new dataset at ``out_dir``.
 
     A bad image raises FactoryError naming the file (nothing is left at ``out_dir``), unless
@@ -42,11 +43,14 @@ def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SI
     ``class_names``: what the class ids are called (:func:`factory.data.classnames.names_for`: a file,
     ``imagenet``, ``none``; None: the bundled ImageNet names when every class is a WordNet id), recorded in
     the index's ``meta.class_names``. The ids stay the classes (labels, folder names).
+
+    ``image_column``/``label_column``: which columns of an ``hf:`` source hold the image and the label
+    (:func:`factory.data.sources.hf_source`); other sources refuse them.
     """
     out_dir = Path(out_dir)
     inputs = source_paths(spec)
     check_output_dir(out_dir, overwrite, inputs=inputs)
-    source = open_source(spec, skip_bad=skip_bad)
+    source = open_source(spec, skip_bad=skip_bad, image_column=image_column, label_column=label_column)
     names = names_for(source.classes, class_names)  # a bad file fails here, before anything is written
     meta = dict(source.meta)
     if names:

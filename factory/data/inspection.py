@@ -1,4 +1,7 @@
-"""Look at datasets without changing them: verify checksums, summarise, find a sample, draw a grid."""
+"""Look at datasets without changing them: verify checksums, summarise, find a sample, draw a grid.
+
+Every function here takes a local folder or an fsspec URL (``s3://bucket/prefix/dataset``; see
+:mod:`factory.core.remote`)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from factory.core.errors import DatasetError, FactoryError
 from factory.core.files import atomic_write_bytes
 from factory.core.integrity import max_image_pixels
 from factory.core.outputs import claim_output_file
+from factory.core.remote import RemotePath, dataset_location
 from factory.core.shards import INDEX_NAME, Dataset
 from factory.data.classnames import display_names
 
@@ -23,7 +27,7 @@ MIN_CELL, MAX_CELL = 8, 1024  # grid cell size in pixels
 
 @dataclass
 class VerifyResult:
-    dataset: Path
+    dataset: Path | RemotePath
     problems: list[str] = field(default_factory=list)  # "shard-000001.tar: why"
     samples: int = 0
     shards: int = 0
@@ -33,7 +37,7 @@ class VerifyResult:
         return not self.problems
 
 
-def verify(path: Path | str) -> VerifyResult:
+def verify(path: Path | RemotePath | str) -> VerifyResult:
     """Check a dataset folder completely; read-only, and never raises for a broken folder.
 
     The index: schema and types, shard names plain file names inside the folder, each listed once,
@@ -47,7 +51,7 @@ def verify(path: Path | str) -> VerifyResult:
     try:
         ds = Dataset(path)
     except DatasetError as exc:
-        return VerifyResult(Path(path), [str(exc)])
+        return VerifyResult(dataset_location(path), [str(exc)])
     result = VerifyResult(ds.path, shards=len(ds.shards))
     for _ in ds.iter_checked(skip_bad=True, on_bad=result.problems.append):
         result.samples += 1
@@ -67,7 +71,7 @@ def _image_size(data: bytes, where: str) -> str:
         raise DatasetError(f"{where}: image header unreadable ({str(exc).splitlines()[0][:120]})") from None
 
 
-def summarize(path: Path | str) -> dict[str, Any]:
+def summarize(path: Path | RemotePath | str) -> dict[str, Any]:
     """What is in a dataset: samples, classes with counts, sources, generations, sizes, bytes."""
     ds = Dataset(path)
     classes: Counter[str] = Counter({c: 0 for c in ds.classes})
@@ -128,12 +132,12 @@ def format_summary(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def show(path: Path | str, key: str) -> str:
+def show(path: Path | RemotePath | str, key: str) -> str:
     """The provenance record of one sample, as indented JSON."""
     return json.dumps(Dataset(path).find(key).provenance, indent=2, sort_keys=True)
 
 
-def grid(path: Path | str, out: Path | str, per_class: int = 8, cell: int = 64) -> Path:
+def grid(path: Path | RemotePath | str, out: Path | str, per_class: int = 8, cell: int = 64) -> Path:
     """A contact sheet: one labelled row per class with its first ``per_class`` images."""
     if per_class < 1:
         raise FactoryError(f"--per-class must be >= 1; got {per_class}")
@@ -141,7 +145,8 @@ def grid(path: Path | str, out: Path | str, per_class: int = 8, cell: int = 64) 
         raise FactoryError(f"{out}: grid output must be a .png file")
     if not MIN_CELL <= cell <= MAX_CELL:
         raise FactoryError(f"--cell must be between {MIN_CELL} and {MAX_CELL} pixels; got {cell}")
-    claim_output_file(out, inputs=[path])  # before any work: never inside the dataset it draws
+    location = dataset_location(path)  # before any work: never inside the dataset it draws (a URL cannot be)
+    claim_output_file(out, inputs=[location] if isinstance(location, Path) else [])
     ds = Dataset(path)
     pad = 4
     label_w = min(220, 12 + 7 * max(len(c) for c in ds.classes))

@@ -27,6 +27,9 @@ idle.
 
 Order is a pure function of ``seed`` and the epoch (:meth:`PoolStream.set_epoch`) (and, streamed, of the
 worker id).
+
+A pool's datasets may live at fsspec URLs (``s3://bucket/prefix/dataset``, see :mod:`factory.core.remote`):
+their shards are streamed through fsspec into the same checked tar reader, one shard at a time.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from factory.core.errors import DatasetError, FactoryError
 from factory.core.images import image_to_tensor
-from factory.core.integrity import iter_tar_samples, open_regular, parse_record
+from factory.core.integrity import iter_tar_samples, parse_record
 from factory.core.sample import decode_image
-from factory.core.shards import Dataset
+from factory.core.shards import Dataset, open_shard_url
 from factory.data.pools import read_pool
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -134,7 +137,7 @@ class PoolStream(IterableDataset):
             return key in keys and (self.with_meta or ext != "json")
 
         for url in urls:
-            with open_regular(Path(url), url) as stream:  # a missing shard: FileNotFoundError naming it
+            with open_shard_url(url, url) as stream:  # a missing shard: FileNotFoundError naming it
                 for key, members in iter_tar_samples(stream, url, wanted):
                     if key in keys:
                         yield {"__key__": key, "__url__": url, **members}
