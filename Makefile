@@ -26,7 +26,7 @@ run: $(STAMP)
 # the self-consuming loops (loop/dvc.yaml): after make run, or alone (it makes the main generator first)
 loop: $(STAMP)
 	$(BIN)/factory loop stages --check
-	$(BIN)/dvc repro loop/dvc.yaml
+	$(BIN)/factory loop run --jobs 2   # runs' chains two at a time (see factory loop run --help)
 
 # the photo pipeline (examples/imagenette): imagenette-mini from ../shared, random-weight stand-in models
 photos: $(STAMP)

@@ -132,5 +132,8 @@ def test_pools_mix_photos_and_synthetic_images_and_the_report_says_random_weight
     assert "| real_synthetic |" in md
     html = (root / "reports/index.html").read_text()
     assert "Random weights." in html
+    rows = {f.stem for f in (root / "metrics/summary/classifier").glob("*.json")}
+    assert rows == {"real", "synthetic", "real_synthetic"}  # the compact DVC metrics
+    assert json.loads((root / "metrics/summary/evaluate/floor.json").read_text())["fd"] >= 0
     p = dvc(root.parent.parent, "status", "examples/imagenette/dvc.yaml")
     assert p.returncode == 0 and "up to date" in p.stdout, p.stdout

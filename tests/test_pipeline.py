@@ -143,8 +143,10 @@ def test_repro_curates(repo):
     assert cal["split"] == "data/real/val" and cal["n"] == 287 and cal["test_n"] == 359
     assert set(cal["reject_share"]) == {"val", "test"}
     assert report["filter"]["thresholds"]["calibrated_on"] == "data/real/val"
-    p = dvc(repo, "metrics", "show")
-    assert p.returncode == 0 and "reports/curate.json" in p.stdout
+    p = dvc(repo, "metrics", "show")  # the compact line, not the 1,000-line report
+    assert p.returncode == 0 and "metrics/summary/curate.json" in p.stdout and "reports/curate.json" not in p.stdout
+    assert json.loads((repo / "metrics/summary/curate.json").read_text()) == {
+        "n": 60, "kept": report["kept"], "rejected": report["rejected"], "leaks": len(report["leaks"])}
 
 
 def test_repro_proves_the_pools(repo):
@@ -173,11 +175,23 @@ def test_repro_proves_the_pools(repo):
     assert bias["chosen_on"] == "val"
     assert bias["train_correlation"] > 0.9
     assert "## Bias benchmark" in (repo / "reports/results.md").read_text()
+    # dvc metrics show: compact lines (a line per pool, method, dataset); the detail files are plain outputs
     p = dvc(repo, "metrics", "show")
     assert p.returncode == 0, p.stderr
-    for name in ("metrics/classifier/mix.json", "metrics/contrastive/synthetic.json", "metrics/bias.json",
-                 "metrics/evaluate.json"):
+    for name in ("metrics/summary/classifier/mix.json", "metrics/summary/contrastive/synthetic-stablerep.json",
+                 "metrics/summary/bias/biased_real.json", "metrics/summary/evaluate/w1.json",
+                 "metrics/summary/evaluate/floor.json"):
         assert name in p.stdout, p.stdout
+    for detail in ("metrics/classifier/mix.json", "metrics/contrastive/synthetic.json", "metrics/bias.json",
+                   "metrics/evaluate.json", "metrics/train_clip.json"):
+        assert detail not in p.stdout, p.stdout
+    mix_row = json.loads((repo / "metrics/summary/classifier/mix.json").read_text())
+    mix_m = json.loads((repo / "metrics/classifier/mix.json").read_text())
+    assert mix_row == {"top1": round(mix_m["top1_mean"], 4), "lo": round(mix_m["top1_ci95"][0], 4),
+                       "hi": round(mix_m["top1_ci95"][1], 4), "synthetic": 0.5, "n": 40}
+    p = dvc(repo, "metrics", "show", "metrics/summary/classifier")  # one kind: a table that fits a terminal
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    assert p.returncode == 0 and len(lines) == 1 + 3 and max(map(len, lines)) <= 100, p.stdout
     p = dvc(repo, "plots", "show", "--json")
     assert p.returncode == 0 and "plots/guidance.json" in p.stdout, p.stderr
 
@@ -202,7 +216,9 @@ runs:
 
 
 def ran_stages(out: str) -> set[str]:
-    return {line.split("'")[1].split(":")[-1] for line in out.splitlines() if line.startswith("Running stage")}
+    """The stages a dvc repro (or factory loop run, whose lines carry a ``[chain] `` prefix) ran."""
+    lines = (line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line for line in out.splitlines())
+    return {line.split("'")[1].split(":")[-1] for line in lines if line.startswith("Running stage")}
 
 
 def test_loop_runs_stops_resumes_extends_and_proves_its_lineage(repo):
@@ -256,9 +272,15 @@ def test_loop_runs_stops_resumes_extends_and_proves_its_lineage(repo):
     out = proc.communicate(timeout=120)[0]
     done = made()
     assert done and proc.returncode != 0, out
-    # ... and resumed: what was made is not made again
-    p = dvc(repo, "repro", "loop/dvc.yaml")
-    assert p.returncode == 0, p.stdout + p.stderr
+    # ... and resumed as make loop resumes (factory loop run: runs' chains two at a time): what was made is not
+    # made again, and the pipeline ends up to date
+    p = subprocess.run([str(bindir / "factory"), "loop", "run", "--jobs", "2"], cwd=repo, env=env, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "4 chains, 2 at a time" in p.stdout, p.stdout[:2000]  # 3 runs and the SIMS study
+    assert ran_stages(p.stdout)  # the interrupted loop's remaining stages ran
+    s = dvc(repo, "status", "loop/dvc.yaml")
+    assert s.returncode == 0 and "up to date" in s.stdout, s.stdout
     assert "loop_first" in done
     for name in done:
         assert f"Stage 'loop/dvc.yaml:{name}' didn't change, skipping" in p.stdout, p.stdout

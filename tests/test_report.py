@@ -136,3 +136,35 @@ def test_loop_report_rows_trends_and_the_sims_study():
     assert "| 3 |" not in md  # an idle generation is not a row
     assert "From generation 1 to 2: FD up, KID within noise, CAS within noise" in md
     assert "| 1.0 | 30 | 2.5000 [1.8000, 3.2000] |" in md and "Lowest FD: w = 1.0 at B = 30 (fd within noise" in md
+
+
+def test_compact_summary_lines(tmp_path):
+    """dvc metrics show reads these: a few short columns, a file per pool, method, dataset and run."""
+    from factory.measure.summary import loop_row, summary_files, write_summary
+
+    m = {"classifier": {"real": classifier("real", 0.98123, 0.0, 800, [0.975, 0.985]), "gone": None},
+         "contrastive": {"synthetic": {"methods": {"simclr": {"top1_mean": 0.9, "top1_ci95": [0.85, 0.95],
+                                                             "top1_10shot_mean": 0.8}}}},
+         "evaluate": {"floor": {"fd": 1.5, "kid": 0.1, "precision": 0.9, "recall": 0.95},
+                      "datasets": {"raw": {"fd": 20.0, "kid": 2.0, "precision": 0.8, "recall": 0.7,
+                                           "recognition": 0.99, "cas": 0.96, "per_draw": [1, 2]}}},
+         "bias": {"pools": {"biased": {"test": {"top1_mean": 0.3, "top1_ci95": [0.1, 0.5], "gap_mean": 0.7}}}},
+         "curate": {"samples": 100, "kept": 90, "rejected": 10, "leaks": [{"key": "a"}]}}
+    files = summary_files(m)
+    assert files == {
+        "classifier/real": {"top1": 0.9812, "lo": 0.975, "hi": 0.985, "synthetic": 0.0, "n": 800},
+        "contrastive/synthetic-simclr": {"top1": 0.9, "lo": 0.85, "hi": 0.95, "top1_10shot": 0.8},
+        "evaluate/floor": {"fd": 1.5, "kid": 0.1, "precision": 0.9, "recall": 0.95},
+        "evaluate/raw": {"fd": 20.0, "kid": 2.0, "precision": 0.8, "recall": 0.7, "recognition": 0.99, "cas": 0.96},
+        "bias/biased": {"top1": 0.3, "lo": 0.1, "hi": 0.5, "gap": 0.7},
+        "curate": {"n": 100, "kept": 90, "rejected": 10, "leaks": 1}}
+    out = tmp_path / "metrics" / "summary"
+    (out / "classifier").mkdir(parents=True)
+    (out / "classifier" / "stale.json").write_text("{}")  # a pool that is gone does not linger
+    write_summary(out, files)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.json")) == sorted(f"{k}.json" for k in files)
+    assert json.loads((out / "curate.json").read_text()) == files["curate"]
+    rows = [{"generation": 1, "fd": 40.0, "cas": 0.9, "recognition": 0.8},
+            {"generation": 2, "fd": 50.0, "cas": 0.8, "recognition": 0.7}, {"generation": 3, "active": False}]
+    assert loop_row({"generations": rows}) == {"generations": 2, "fd": 50.0, "recognition": 0.7, "cas": 0.8,
+                                               "fd_g1": 40.0}

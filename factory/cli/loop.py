@@ -42,3 +42,79 @@ def stages(params_path: Path, out: Path, check: bool) -> None:
     changed = write(params, out, root)
     echo(f"{out}: {'written' if changed else 'unchanged'} ({len(params.loop.runs)} runs: "
          f"{', '.join(params.loop.runs)})")
+
+
+# what each chain costs, roughly (SIMS fine-tunes an auxiliary model per generation): the longest start first
+_HEAVY_FIRST = ("sims", "loop_sims_study")
+
+
+@loop.command("run")
+@click.option("--jobs", "-j", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="How many runs' chains of stages reproduce at once (dvc repro in parallel).")
+@click.option("--params", "params_path", type=click.Path(path_type=Path), default=Path("params.yaml"),
+              show_default=True, help="The params file whose loop.runs to run.")
+@click.option("--pipeline", type=click.Path(path_type=Path), default=Path("loop/dvc.yaml"), show_default=True,
+              help="The loops' pipeline file.")
+def run(jobs: int, params_path: Path, pipeline: Path) -> None:
+    """Reproduce the loops with JOBS runs at once: what `make loop` does.
+
+    A stage keeps little more than one core busy (small models, much Python), so independent runs share the
+    machine: first the stages every run needs (generation 1, the reference model, the schedule), then each
+    run's chain of generations (`loop_metrics@RUN` and what it needs) and the SIMS study as separate
+    `dvc repro` processes, JOBS at a time (DVC locks each stage's outputs; the chains share none), then the
+    rest (the report). Outputs are the same as one `dvc repro loop/dvc.yaml`: each stage is the same command.
+
+    Example: factory loop run --jobs 2
+    """
+    import subprocess
+    import sys
+    import threading
+    from collections import deque
+
+    from factory.config import load_params
+
+    params = load_params(params_path)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    if not Path(dvc).exists():
+        dvc = "dvc"
+
+    def repro(*targets: str) -> list[str]:
+        return [dvc, "repro", *(f"{pipeline}:{t}" for t in targets)] if targets else [dvc, "repro", str(pipeline)]
+
+    def step(cmd: list[str], what: str) -> None:
+        echo(f"loop run: {what}: {' '.join(cmd[1:])}")
+        if subprocess.run(cmd).returncode != 0:
+            echo(f"Error: loop run: {what} failed (`{' '.join(cmd[1:])}`); `make loop` resumes where it stopped",
+                 err=True)
+            raise SystemExit(1)
+
+    step(repro("loop_schedule", "loop_reference", "loop_first"), "shared stages")
+    chains = sorted([f"loop_metrics@{r}" for r in params.loop.runs] + ["loop_sims_study"],
+                    key=lambda t: (not any(h in t for h in _HEAVY_FIRST), t))
+    queue, failed, lock = deque(chains), [], threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue or failed:
+                    return
+                target = queue.popleft()
+            proc = subprocess.Popen(repro(target), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace")
+            for line in proc.stdout or ():
+                echo(f"[{target}] {line.rstrip()}")
+            if proc.wait() != 0:
+                with lock:
+                    failed.append(target)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(chains)))]
+    echo(f"loop run: {len(chains)} chains, {len(threads)} at a time: {', '.join(chains)}")
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        echo(f"Error: loop run: {', '.join(failed)} failed (its lines above say why); `make loop` resumes where it "
+             f"stopped", err=True)
+        raise SystemExit(1)
+    step(repro(), "the rest")

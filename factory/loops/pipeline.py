@@ -69,8 +69,8 @@ def render(params: Params, root: Path = Path(".")) -> str:
                                      "models/loop/reference", "data/real/train", "data/real/val"],
                             "params": ["loop.sims_study", "loop.sims.images", "loop.sampler", "loop.train",
                                        "loop.measure", "base.seed", "loop.generator", "train_generator"],
-                            "outs": ["data/loop/sims_study", {"plots/loop/sims_study.json": {"cache": False}}],
-                            "metrics": [{"metrics/loop/sims_study.json": {"cache": False}}]},
+                            "outs": ["data/loop/sims_study", {"plots/loop/sims_study.json": {"cache": False}},
+                                     {"metrics/loop/sims_study.json": {"cache": False}}]},
         "loop_first": {
             "wdir": "..", "cmd": f"python stages/loop_first.py {' '.join(runs)} {common}",
             "deps": [*code_deps(root, "stages/loop_first.py"), *[f"data/loop/schedule/{r}-g1.json" for r in runs],
@@ -88,13 +88,15 @@ def render(params: Params, root: Path = Path(".")) -> str:
                    "--plot plots/loop/${item}.json",
             "deps": [*code_deps(root, "stages/loop_metrics.py"),
                      *[f"metrics/loop/${{item}}/g{k}.json" for k in range(1, top + 1)]],
-            "outs": [{"plots/loop/${item}.json": {"cache": False}}],
-            "metrics": [{"metrics/loop/${item}.json": {"cache": False}}]}},
-        "loop_report": {"wdir": "..", "cmd": "python stages/loop_report.py metrics/loop --markdown reports/loop.md",
+            "outs": [{"plots/loop/${item}.json": {"cache": False}}, {"metrics/loop/${item}.json": {"cache": False}}]}},
+        # the DVC metrics: a compact line per run (factory/measure/summary.py); the files above are plain outputs
+        "loop_report": {"wdir": "..", "cmd": "python stages/loop_report.py metrics/loop --markdown reports/loop.md "
+                                             "--summary metrics/loop/summary",
                         "deps": [*code_deps(root, "stages/loop_report.py"),
                                  *[f"metrics/loop/{r}.json" for r in runs], "metrics/loop/sims_study.json"],
                         "params": ["loop.runs"],
-                        "outs": [{"reports/loop.md": {"cache": False}}]},
+                        "outs": [{"reports/loop.md": {"cache": False}}],
+                        "metrics": [{"metrics/loop/summary": {"cache": False}}]},
     }
     plots = [{f"loop_{m}": {"x": "generation", "y": {f"../plots/loop/{r}.json": m for r in runs},
                             "title": f"{m} by generation, one line per run"}} for m in PLOTTED]
