@@ -45,7 +45,7 @@ def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SI
     the index's ``meta.class_names``. The ids stay the classes (labels, folder names).
 
     ``image_column``/``label_column``: which columns of an ``hf:`` source hold the image and the label
-    (:func:`factory.data.sources.hf_source`); other sources refuse them.
+    (:func:`factory.data.hf.hf_source`); other sources refuse them.
     """
     out_dir = Path(out_dir)
     inputs = source_paths(spec)

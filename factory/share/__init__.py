@@ -6,5 +6,5 @@
 - :mod:`factory.share.card`: the dataset card (``README.md``) built from the data;
 - :mod:`factory.share.croissant`: ``croissant.json`` (MLCommons Croissant 1.0 with the RAI fields).
 
-Pulling an export back is ``factory ingest hf:...`` (:func:`factory.data.sources.hf_source`).
+Pulling an export back is ``factory ingest hf:...`` (:func:`factory.data.hf.hf_source`).
 """

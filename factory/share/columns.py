@@ -3,7 +3,7 @@
 Every row holds the image (an ``Image`` feature: the original encoded bytes and ``<key>.<ext>`` as its path),
 the label (a ``ClassLabel`` whose names are the dataset's class ids, the ``classes`` of ``index.json``), flat
 provenance columns for filtering and viewing, and ``record``: the whole provenance record
-(``factory.sample/1``) as canonical JSON, the one column :func:`factory.data.sources.hf_source` restores a
+(``factory.sample/1``) as canonical JSON, the one column :func:`factory.data.hf.hf_source` restores a
 sample from. A column a sample has no value for (a real image's ``seed``, an uncurated one's ``clip_score``)
 is null, so real and synthetic samples share one Arrow schema and a pool exports as one table.
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from factory.core.files import dumps_json
 from factory.core.sample import Sample, sample_attributes
-from factory.data.sources import IMAGE_COLUMN, LABEL_COLUMN, RECORD_COLUMN
+from factory.data.hf import IMAGE_COLUMN, LABEL_COLUMN, RECORD_COLUMN
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
 

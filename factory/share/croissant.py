@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from factory.core.errors import FactoryError
 from factory.core.files import atomic_write_bytes, parse_json
 from factory.core.sample import build_epoch
-from factory.data.sources import IMAGE_COLUMN, LABEL_COLUMN, RECORD_COLUMN
+from factory.data.hf import IMAGE_COLUMN, LABEL_COLUMN, RECORD_COLUMN
 from factory.share.card import REASONS, ExportStats, limitations
 from factory.share.columns import COLUMNS, DESCRIPTIONS
 
