@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dvc repro
+	$(BIN)/dvc --wait-for-lock repro   # --wait-for-lock: another dvc in this repo (make photos) waits, not fails
 
 # the self-consuming loops (loop/dvc.yaml): after make run, or alone (it makes the main generator first)
 loop: $(STAMP)
@@ -31,7 +31,7 @@ loop: $(STAMP)
 # the photo pipeline (examples/imagenette): imagenette-mini from ../shared, random-weight stand-in models
 photos: $(STAMP)
 	@test -d ../shared/data/imagenette-mini/train || { echo "make photos: ../shared/data/imagenette-mini not found (the photos it ingests)"; exit 2; }
-	$(BIN)/dvc repro examples/imagenette/dvc.yaml
+	$(BIN)/dvc --wait-for-lock repro examples/imagenette/dvc.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)

@@ -79,12 +79,15 @@ def run(jobs: int, params_path: Path, pipeline: Path) -> None:
         dvc = "dvc"
 
     def repro(*targets: str) -> list[str]:
-        return [dvc, "repro", *(f"{pipeline}:{t}" for t in targets)] if targets else [dvc, "repro", str(pipeline)]
+        # --wait-for-lock: two DVC processes that update dvc.lock at the same moment wait for each other (DVC's
+        # default is to fail after 3 s)
+        head = [dvc, "--wait-for-lock", "repro"]
+        return [*head, *(f"{pipeline}:{t}" for t in targets)] if targets else [*head, str(pipeline)]
 
     def step(cmd: list[str], what: str) -> None:
-        echo(f"loop run: {what}: {' '.join(cmd[1:])}")
+        echo(f"loop run: {what}: {' '.join(cmd[2:])}")
         if subprocess.run(cmd).returncode != 0:
-            echo(f"Error: loop run: {what} failed (`{' '.join(cmd[1:])}`); `make loop` resumes where it stopped",
+            echo(f"Error: loop run: {what} failed (`dvc {' '.join(cmd[2:])}`); `make loop` resumes where it stopped",
                  err=True)
             raise SystemExit(1)
 
