@@ -60,8 +60,8 @@ def run(jobs: int, params_path: Path, pipeline: Path) -> None:
 
     A stage keeps little more than one core busy (small models, much Python), so independent runs share the
     machine: first the stages every run needs (generation 1, the reference model, the schedule), then each
-    run's chain of generations (`loop_metrics@RUN` and what it needs) and the SIMS study as separate
-    `dvc repro` processes, JOBS at a time (DVC locks each stage's outputs; the chains share none), then the
+    run's chain (its generations, then `loop_metrics@RUN`) and the SIMS study, JOBS chains at a time, each
+    stage one `dvc repro --single-item` (DVC locks each stage's outputs; the chains share none), then the
     rest (the report). Outputs are the same as one `dvc repro loop/dvc.yaml`: each stage is the same command.
 
     Example: factory loop run --jobs 2
@@ -78,10 +78,11 @@ def run(jobs: int, params_path: Path, pipeline: Path) -> None:
     if not Path(dvc).exists():
         dvc = "dvc"
 
-    def repro(*targets: str) -> list[str]:
+    def repro(*targets: str, single: bool = False) -> list[str]:
         # --wait-for-lock: two DVC processes that update dvc.lock at the same moment wait for each other (DVC's
-        # default is to fail after 3 s)
-        head = [dvc, "--wait-for-lock", "repro"]
+        # default is to fail after 3 s); --single-item: a chain's stage alone, never its upstream stages, whose
+        # check would take write locks that another chain holds at the same moment ("is busy")
+        head = [dvc, "--wait-for-lock", "repro", *(["--single-item"] if single else [])]
         return [*head, *(f"{pipeline}:{t}" for t in targets)] if targets else [*head, str(pipeline)]
 
     def step(cmd: list[str], what: str) -> None:
@@ -92,9 +93,12 @@ def run(jobs: int, params_path: Path, pipeline: Path) -> None:
             raise SystemExit(1)
 
     step(repro("loop_schedule", "loop_reference", "loop_first"), "shared stages")
-    chains = sorted([f"loop_metrics@{r}" for r in params.loop.runs] + ["loop_sims_study"],
-                    key=lambda t: (not any(h in t for h in _HEAVY_FIRST), t))
-    queue, failed, lock = deque(chains), [], threading.Lock()
+    # each chain: its stages in order, one `dvc repro --single-item` each (the shared stages are made above)
+    chains = {f"loop_metrics@{r}": [*(f"loop_generation@{r}-g{k}" for k in range(2, params.loop.max_generations + 1)),
+                                    f"loop_metrics@{r}"] for r in params.loop.runs}
+    chains["loop_sims_study"] = ["loop_sims_study"]
+    order = sorted(chains, key=lambda t: (not any(h in t for h in _HEAVY_FIRST), t))
+    queue, failed, lock = deque(order), [], threading.Lock()
 
     def worker() -> None:
         while True:
@@ -102,16 +106,18 @@ def run(jobs: int, params_path: Path, pipeline: Path) -> None:
                 if not queue or failed:
                     return
                 target = queue.popleft()
-            proc = subprocess.Popen(repro(target), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace")
-            for line in proc.stdout or ():
-                echo(f"[{target}] {line.rstrip()}")
-            if proc.wait() != 0:
-                with lock:
-                    failed.append(target)
+            for stage in chains[target]:
+                proc = subprocess.Popen(repro(stage, single=True), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, errors="replace")
+                for line in proc.stdout or ():
+                    echo(f"[{target}] {line.rstrip()}")
+                if proc.wait() != 0:
+                    with lock:
+                        failed.append(f"{target} (stage {stage})")
+                    return
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(chains)))]
-    echo(f"loop run: {len(chains)} chains, {len(threads)} at a time: {', '.join(chains)}")
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(order)))]
+    echo(f"loop run: {len(order)} chains, {len(threads)} at a time: {', '.join(order)}")
     for t in threads:
         t.start()
     for t in threads:
