@@ -71,3 +71,15 @@ def clip_dir(tmp_path_factory, digits_split) -> Path:
     out = tmp_path_factory.mktemp("clip") / "clip"
     train_clip(digits_split[0], SMALL_CLIP, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are all overhead: one torch thread is ~5x faster than two on a busy 2-core machine. A module
+    uses it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
