@@ -2,6 +2,8 @@
 # make loop: set up .venv (if needed) and run the self-consuming loops (loop/dvc.yaml).
 # make photos: set up .venv (if needed) and run the photo pipeline (examples/imagenette/dvc.yaml).
 # make test: set up .venv (if needed) and run the test suite.
+# make browser: install Debian's Chromium (/usr/bin/chromium) for the report's browser test, if missing.
+# make screenshot: after make run, docs/report.png: reports/index.html as headless Chromium draws it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch's OpenMP threads spin-wait by default; on a small shared machine that steals the other core
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run loop photos test bench readme clean
+.PHONY: setup run loop photos test browser screenshot bench readme clean
 
 setup: $(STAMP)
 
@@ -33,8 +35,26 @@ photos: $(STAMP)
 	@test -d ../shared/data/imagenette-mini/train || { echo "make photos: ../shared/data/imagenette-mini not found (the photos it ingests)"; exit 2; }
 	$(BIN)/dvc --wait-for-lock repro examples/imagenette/dvc.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
+
+# Debian's Chromium, which the report's browser test drives (Playwright, no browser download); apt-get
+# update only when the package is not found. Without apt-get: a message, and the test skips (fails under CI).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+browser:
+	@if test -x $(CHROMIUM); then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "make browser: no apt-get: install Chromium as $(CHROMIUM) (without it the browser test skips, under CI fails)"; \
+	  test -z "$$CI"; exit; \
+	fi; \
+	echo "make browser: installing Debian's chromium"; \
+	$(APT_INSTALL) || { $(SUDO) apt-get update -q && $(APT_INSTALL); }
+
+# the README's picture of the report (after make run): its first 2000 px at 1280 px wide
+screenshot: $(STAMP) browser
+	$(BIN)/python scripts/screenshot.py reports/index.html docs/report.png --width 1280 --height 2000
 
 bench: $(STAMP)
 	$(BIN)/python bench/shards.py

@@ -1,13 +1,16 @@
 """Choose the default sampler on the real VAL split: DDIM at 20 steps against DPM-Solver++ at 6 steps.
 
     python bench/sampler.py [--plan data/prompts/plan.jsonl] [--out /tmp/sampler] [--val data/real/val]
+                            [--sheets docs]
 
 Run in a repository where ``dvc repro`` has run (it needs the plan, ``models/generator``, the real train and
 val splits and ``models/clip``). Both samplers make the whole plan with the same generator, guidance and
 seeds, side by side in one run: images/s of each and their ratio; then both datasets are evaluated against
 REAL VAL (never test: this chooses a default) exactly as the ``evaluate`` stage evaluates against test: the
 reference CNN's features, FD, KID, precision/recall, density/coverage at one n with bootstrap intervals, the
-recognition rate and the CAS over ``classifier.seeds``. Prints one JSON object.
+recognition rate and the CAS over ``classifier.seeds``. Prints one JSON object. ``--sheets DIR`` also writes
+each sampler's contact sheet, ``DIR/sampler-<name>.png`` (the README's pictures: same plan, same seeds, the
+first 12 per class by a seeded hash of their keys, as the report's sheets choose them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--val", default="data/real/val")
     ap.add_argument("--floor", default="data/real/train",
                     help="the real-vs-real floor (must differ from --val; real train is what the CNN saw)")
+    ap.add_argument("--sheets", default=None, help="a folder for each sampler's contact sheet (sampler-<name>.png)")
     args = ap.parse_args()
 
     from factory.config import load_params
@@ -59,6 +63,14 @@ def main() -> None:
         d = ev["datasets"][name]
         result["samplers"][name].update({k: d.get(k) for k in KEYS},
                                         within_noise_of_floor=d.get("within_noise"))
+    if args.sheets:
+        from factory.core.files import atomic_write_bytes
+        from factory.measure import sheets
+
+        for name in SAMPLERS:
+            labelled = [(r.name, [sheets.tile(x, 32) for x in r.samples]) for r in sheets.rows(out / name, 12)]
+            atomic_write_bytes(Path(args.sheets) / f"sampler-{name}.png",
+                               sheets.png(sheets.sheet(labelled, 32, f"{name}: {out / name}")))
     print(json.dumps(result, indent=1))
 
 

@@ -12,7 +12,6 @@ the synthetic sets (measured from their pixels) beside the requested one.
 from pathlib import Path
 
 from dvclive import Live
-
 from factory.config import load_params
 from factory.core.files import write_json
 from factory.core.stage import run_stage, stage_args

@@ -18,9 +18,8 @@ PLOTTED = ("fd", "kid", "precision", "recall", "recognition", "cas")
 def main() -> None:
     args = stage_args(__doc__, ("run", "the run's name"), ("rows", "the folder of its g<k>.json rows"),
                       ("--metrics", "the run's metrics file to write"), ("--plot", "the plot rows to write"))
-    from factory.measure.loop_rows import summarise_rows
-
     from factory.config import load_params
+    from factory.measure.loop_rows import summarise_rows
 
     rows = []
     for k in range(1, load_params().loop.max_generations + 1):  # the files loop/dvc.yaml declares, no stale one

@@ -9,7 +9,6 @@ classifier per training seed (``classifier.seeds``), the mean with a 95% interva
 
 
 from dvclive import Live
-
 from factory.config import load_params
 from factory.core.stage import run_stage, stage_args, write_results
 from factory.train.classifier import train_classifier_seeds

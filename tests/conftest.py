@@ -83,3 +83,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium, which the browser checks drive (``make browser`` installs it, ``make test`` runs that):
+    skipped where it is missing, except under CI (``CI`` set), where a missing browser fails."""
+    from factory.measure.browser import CHROMIUM
+
+    if not CHROMIUM.exists():
+        why = f"{CHROMIUM} not found (make browser installs Debian's chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(why + "; CI is set, so the browser test must run")
+        pytest.skip(why)
+    return CHROMIUM

@@ -33,6 +33,10 @@ def test_trains_on_a_pool_and_scores_on_real_test(digits_split):
     model, m = train_classifier(pool, test, cfg, live=live)
     assert m["top1"] > 0.85, m  # chance is 0.1; measured ~0.95 after 120 steps
     assert set(m["per_class"]) == {str(i) for i in range(10)} and m["n_test"] == 359
+    conf = m["confusion"]  # [true][predicted]: rows sum to the class's test images, the diagonal to the hits
+    assert len(conf) == 10 and all(len(r) == 10 for r in conf) and sum(map(sum, conf)) == 359
+    assert sum(conf[i][i] for i in range(10)) == round(m["top1"] * 359)
+    assert all(conf[i][i] == round(m["per_class"][str(i)] * sum(conf[i])) for i in range(10))
     assert m["pool"] == "real" and m["n_train"] == len(pool["components"][0]["keys"])
     assert [h["step"] for h in m["history"]] == [60, 120] and m["history"][-1]["test_top1"] == m["top1"]
     assert live.steps == 2 and {n for _, n, _ in live.metrics} == {"train/loss", "test/top1"}
@@ -81,6 +85,8 @@ def test_seeds_give_a_mean_an_interval_and_each_seed(digits_split):
     _, one = train_classifier(pool, test, cfg.model_copy(update={"seed": 5}))
     assert m["top1_per_seed"][1] == one["top1"]
     assert set(m["per_class"]) == {str(i) for i in range(10)}
+    assert sum(map(sum, m["confusion"])) == 3 * m["n_test"]
+    assert "summed over the 3 training seeds" in m["confusion_note"]
     assert all(0 <= v <= 1 for v in m["per_class"].values())
     assert all(c is None or c[0] <= m["per_class"][k] <= c[1] for k, c in m["per_class_ci95"].items())
     assert len(m["first_half_per_seed"]) == 3 and m["first_half_ci95"][0] <= m["first_half_mean"]

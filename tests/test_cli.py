@@ -28,7 +28,8 @@ def inet(imagenette, tmp_path_factory):
 
 def test_help_lists_every_command():
     r = run("--help")
-    for cmd in ["ingest", "split", "verify", "inspect", "show", "grid"]:
+    for cmd in ["ingest", "split", "verify", "inspect", "show", "grid", "generate", "curate", "pool",
+                "train-classifier", "train-contrastive", "evaluate", "report"]:
         assert cmd in r.output
 
 
@@ -150,3 +151,45 @@ def test_real_subprocess(digits, tmp_path):
     assert p.returncode == 0 and "1797 samples in 2 shards" in p.stdout
     p = subprocess.run([exe, "verify", tmp_path / "d"], capture_output=True, text=True)
     assert p.returncode == 0
+
+
+def test_grid_captions_each_cell_with_its_reason(digits, tmp_path):
+    """``grid --caption reason``: each cell's reason and number under it (a kept one: its CLIP score), in cells
+    of at least CAPTION_MIN_CELL px; the caption band's pixels change with the text, the images' do not."""
+    from factory.core.sample import with_updates
+    from factory.core.shards import DatasetWriter
+    from factory.data.inspection import CAPTION_BAND, CAPTION_MIN_CELL, caption_lines
+
+    rule = {"min_score": 0.63, "min_margin": 0.05}
+    decisions = [({"clip": 0.41, "clip_margin": 0.2},
+                  {"kept": False, "reason": "low_clip_score", **rule, "evidence": {"clip": 0.41, "threshold": 0.63}}),
+                 ({"clip": 0.7, "clip_margin": 0.01}, {"kept": False, "reason": "low_clip_margin", **rule,
+                                                       "evidence": {"clip_margin": 0.01, "threshold": 0.05}}),
+                 ({"clip": 0.8, "clip_margin": 0.3}, {"kept": False, "reason": "leak", **rule, "evidence": {
+                     "matched_key": "t-1", "matched_dataset": "data/real/test", "distance": 2, "method": "hash"}}),
+                 ({"clip": 0.9, "clip_margin": 0.4}, {"kept": True, "reason": None, **rule})]
+    src = Dataset(digits)
+    zeros = [s for s in src if s.label == 0][:len(decisions)]
+    with DatasetWriter(tmp_path / "rej", "rej", src.classes, shard_size=8) as w:
+        for s, (scores, decision) in zip(zeros, decisions):
+            w.write(with_updates(s, scores=scores, decision=decision))
+    records = [s.provenance for s in Dataset(tmp_path / "rej")]
+    assert [caption_lines(r, "reason") for r in records] == [
+        ["low_clip_score", "0.41<0.63"], ["low_clip_margin", "0.01<0.05"], ["leak", "d=2"], ["clip 0.90"]]
+    assert [caption_lines(r, "clip") for r in records] == [["clip 0.41"], ["clip 0.70"], ["clip 0.80"], ["clip 0.90"]]
+    sheets = {}
+    for mode in ("reason", "clip", "none"):
+        r = run("grid", tmp_path / "rej", tmp_path / f"{mode}.png", "--per-class", 4, "--caption", mode)
+        assert r.exit_code == 0, r.output
+        sheets[mode] = Image.open(tmp_path / f"{mode}.png").convert("RGB")
+    cell, pad = CAPTION_MIN_CELL, 4  # the default 64 px cell grows to fit the captions
+    assert sheets["reason"].height == 10 * (cell + CAPTION_BAND + pad) + pad == sheets["clip"].height
+    assert sheets["none"].height == 10 * (64 + pad) + pad
+    assert sheets["reason"].width == sheets["clip"].width == sheets["none"].width + 4 * (cell - 64)
+    width = sheets["reason"].width
+    images, band = (0, pad, width, pad + cell), (0, pad + cell, width, pad + cell + CAPTION_BAND)
+    assert sheets["reason"].crop(images).tobytes() == sheets["clip"].crop(images).tobytes()
+    assert sheets["reason"].crop(band).tobytes() != sheets["clip"].crop(band).tobytes()
+    assert min(sheets["reason"].crop(band).convert("L").getdata()) < 128  # text, not a blank band
+    r = run("grid", tmp_path / "rej", tmp_path / "x.png", "--caption", "score")
+    assert r.exit_code == 2 and "--caption" in r.stderr

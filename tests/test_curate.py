@@ -155,6 +155,126 @@ def test_rebalance_to_exact_quotas(tmp_path, digits_split, scorer):
     assert again.report["reasons"] == r.report["reasons"]
 
 
+# -- every decision carries its evidence ----------------------------------------------------------------------
+
+
+def hamming_hex(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+@pytest.fixture(scope="module")
+def every_reason(tmp_path_factory, digits_split, scorer):
+    """A plan's samples (oversampled: some go over quota) plus a copy of a real TEST image (a leak), a copy of an
+    image of a small real TRAIN set (memorised), a near-copy of a plan sample (a near-duplicate), and thresholds
+    set between the scores the scorer gives, so that exactly one sample fails on its score and one on its margin."""
+    from factory.curate.filter import score_samples
+
+    root = tmp_path_factory.mktemp("every_reason")
+    train, test = Dataset(digits_split[0]), Dataset(digits_split[1])
+    axis = AttributeAxis.make("stroke", ["thin", "bold"], [1, 1])
+    plan = build_plan(PlanConfig(images_per_class=4, images_per_prompt=1, classes=("0", "1"), attributes=(axis,),
+                                 oversample=2.0, templates=("a {stroke} {class_name}",)), train.classes)
+    write_plan(plan, root / "plan.jsonl")
+    pool = {c: [s for s in train if s.label == c] for c in (0, 1)}
+    memo = pool[0].pop()  # in the small train set, copied into the raw set
+    leak = next(s for s in test if s.label == 1)
+    with DatasetWriter(root / "mini_train", "mini-train", train.classes, shard_size=8) as w:
+        w.write(memo)
+    with DatasetWriter(root / "mini_test", "mini-test", test.classes, shard_size=8) as w:
+        w.write(leak)
+    specials = {"m-memo": memo.key, "t-leak": leak.key}
+    with DatasetWriter(root / "raw", "raw", train.classes, shard_size=16) as w:
+        made = [as_synthetic(pool[row.label].pop(), row.key, row.label, train.classes, row.attributes,
+                             group=row.group) for row in plan.rows]
+        w.write_all(made)
+        first = made[0]
+        w.write(as_synthetic(memo, "m-memo", 0, train.classes))  # no attributes: in no cell, never over quota
+        w.write(as_synthetic(leak, "t-leak", 1, train.classes))
+        w.write(as_synthetic(first, "zz-dup", first.label, train.classes, first.provenance["attributes"],
+                             image=png_shifted(first)))
+    specials["zz-dup"] = first.key
+    got = {s.key: (c, m) for s, c, m in score_samples(scorer, Dataset(root / "raw"))}
+    by_score = sorted(got, key=lambda k: got[k][0])
+    by_margin = sorted(by_score[1:], key=lambda k: got[k][1])
+    assert got[by_score[0]][0] < got[by_score[1]][0] and got[by_margin[0]][1] < got[by_margin[1]][1]
+    assert not {by_score[0], by_margin[0]} & {*specials, first.key}, "a planted sample scores lowest"
+    cfg = dict(min_score=(got[by_score[0]][0] + got[by_score[1]][0]) / 2, max_distance=2,
+               min_margin=(got[by_margin[0]][1] + got[by_margin[1]][1]) / 2)
+    return root, plan, specials, cfg
+
+
+def test_every_rejection_carries_its_evidence(every_reason, scorer, tmp_path):
+    root, plan, specials, cfg = every_reason
+    raw, mini_test, mini_train = str(root / "raw"), str(root / "mini_test"), str(root / "mini_train")
+    r = curate(raw, tmp_path / "cur", scorer=scorer, cfg=CurateConfig(**cfg, drop_memorized=True),
+               test=[mini_test], train=[mini_train], plan=root / "plan.jsonl", rejected_dir=tmp_path / "rej",
+               report_path=tmp_path / "curate.json")
+    kept = {s.key: s.provenance for s in Dataset(tmp_path / "cur")}
+    rejected = {s.key: s.provenance for s in Dataset(tmp_path / "rej")}
+    reasons = {k: p["decision"]["reason"] for k, p in rejected.items()}
+    assert set(reasons.values()) == {"low_clip_score", "low_clip_margin", "leak", "near_duplicate", "memorized",
+                                     "over_quota"}
+    assert (reasons["t-leak"], reasons["m-memo"], reasons["zz-dup"]) == ("leak", "memorized", "near_duplicate")
+    records = {**kept, **{k: Dataset(d).find(k).provenance for d in (mini_test, mini_train) for k in
+                          (s.key for s in Dataset(d))}, **rejected}
+    quotas = {(c, json.dumps(cell["attributes"], sort_keys=True)): int(cell["per_class"])
+              for c in plan.header["plan_classes"] for cell in plan.header["target"]["cells"]}
+    for key, rec in rejected.items():
+        d, ev = rec["decision"], rec["decision"]["evidence"]
+        assert d["kept"] is False and (d["min_score"], d["min_margin"]) == (cfg["min_score"], cfg["min_margin"])
+        if d["reason"] == "low_clip_score":
+            assert ev == {"clip": rec["scores"]["clip"], "threshold": cfg["min_score"]} and ev["clip"] < ev["threshold"]
+        elif d["reason"] == "low_clip_margin":
+            assert ev == {"clip_margin": rec["scores"]["clip_margin"], "threshold": cfg["min_margin"]}
+            assert ev["clip_margin"] < ev["threshold"] and rec["scores"]["clip"] >= cfg["min_score"]
+        elif d["reason"] == "over_quota":
+            cell = json.dumps(rec["attributes"], sort_keys=True)
+            same = [p for p in (*kept.values(), *rejected.values()) if p["class_name"] == rec["class_name"]
+                    and json.dumps(p.get("attributes", {}), sort_keys=True) == cell
+                    and p["decision"]["reason"] in (None, "over_quota")]
+            assert ev == {"class": rec["class_name"], "cell": rec["attributes"],
+                          "quota": quotas[(rec["class_name"], cell)], "survivors": len(same)}
+            assert sum(p["decision"]["kept"] for p in same) == ev["quota"] < ev["survivors"]
+        else:
+            where = {"leak": mini_test, "memorized": mini_train, "near_duplicate": raw}[d["reason"]]
+            matched = records[ev["matched_key"]]
+            assert ev == {"matched_key": matched["key"], "matched_dataset": where, "method": "hash",
+                          "distance": hamming_hex(rec["phash"], matched["phash"])} and ev["distance"] <= 2
+            if d["reason"] == "near_duplicate":  # the one deduplication kept: not itself a near-duplicate
+                assert matched["decision"]["reason"] != "near_duplicate"
+    for key, original in specials.items():
+        assert rejected[key]["decision"]["evidence"]["matched_key"] == original
+    assert all("evidence" not in p["decision"] for p in kept.values())
+    report = json.loads((tmp_path / "curate.json").read_text())
+    assert report["pairs"] == r.report["pairs"] == [
+        {"key": k, "reason": reasons[k], **rejected[k]["decision"]["evidence"]} for k in sorted(rejected)
+        if reasons[k] in ("leak", "near_duplicate", "memorized")]
+    assert report["leaks"] == ["t-leak"]
+    # memorisation only reported: the copy is kept, flagged, with its match
+    r = curate(raw, tmp_path / "cur2", scorer=scorer, cfg=CurateConfig(**cfg), test=[mini_test], train=[mini_train],
+               plan=root / "plan.jsonl", rejected_dir=tmp_path / "rej2")
+    memo = Dataset(tmp_path / "cur2").find("m-memo").provenance["decision"]
+    assert memo["kept"] is True and memo["memorized"] is True
+    assert memo["evidence"] == {"matched_key": specials["m-memo"], "matched_dataset": mini_train, "distance": 0,
+                                "method": "hash"}
+    assert "m-memo" not in {p["key"] for p in r.report["pairs"]}
+
+
+def test_filter_command_writes_the_same_evidence(every_reason, clip_dir, tmp_path):
+    root, _, _, cfg = every_reason
+    r = CliRunner().invoke(cli, ["filter", str(root / "raw"), str(tmp_path / "f"), "--scorer", f"embedded:{clip_dir}",
+                                 "--min-score", str(cfg["min_score"]), "--min-margin", str(cfg["min_margin"]),
+                                 "--rejected", str(tmp_path / "rej")])
+    assert r.exit_code == 0, r.output
+    rejected = {s.key: s.provenance for s in Dataset(tmp_path / "rej")}
+    assert sorted(p["decision"]["reason"] for p in rejected.values()) == ["low_clip_margin", "low_clip_score"]
+    for rec in rejected.values():
+        score = "clip" if rec["decision"]["reason"] == "low_clip_score" else "clip_margin"
+        assert rec["decision"]["evidence"] == {score: rec["scores"][score],
+                                               "threshold": float(cfg["min_" + score.replace("clip_", "")
+                                                                      .replace("clip", "score")])}
+
+
 def test_audit_recovers_colour_distribution(tmp_path):
     from factory.curate.audit import audit
     from factory.data.ingest import ingest
@@ -248,6 +368,11 @@ def test_calibration_on_val_scores_real_images_as_samples_are_scored(styled, tmp
     assert cal["captions"] == {"from": "plan", "templates": list(plan.header["templates"]),
                                "attributes": ["thickness"], "per_image": 2}
     assert r.report["filter"]["thresholds"]["calibrated_on"] == str(root / "val")
+    # the real val scores the thresholds come from: per image, its score for each template, and its margin
+    clip, margin = cal["scores"]["clip"], cal["scores"]["clip_margin"]
+    assert len(clip) == 2 * len(val) and len(margin) == len(val)
+    assert cal["thresholds"]["min_score"] == pytest.approx(float(np.percentile(clip, 5)), abs=1e-4)
+    assert cal["thresholds"]["min_margin"] == pytest.approx(float(np.percentile(margin, 5)), abs=1e-4)
     # each real val image against each plan template filled with its class and its thickness, in the
     # scorer's words: exactly the caption a sample of that class and thickness is scored against
     images, captions = [], []
@@ -259,6 +384,7 @@ def test_calibration_on_val_scores_real_images_as_samples_are_scored(styled, tmp
                                                {"thickness": th}))
     own = scorer.score(images, captions)
     assert cal["thresholds"]["min_score"] == pytest.approx(float(np.percentile(own, 5)), abs=1e-5)
+    assert np.allclose(clip, own, atol=6e-5)  # the listed scores are these, image by image, template by template
     sample_captions = {_own_text(scorer, s) for s in Dataset(root / "raw")}
     assert sample_captions <= set(captions) and "a thick digit seven" in sample_captions
     # ... and not the plain class prompt, which gives other thresholds

@@ -243,6 +243,9 @@ def test_semantic_pass_finds_what_hashes_miss(sets):
     assert flip[0]["distance"] > 8 and flip[0]["similarity"] >= 0.98
     assert all("similarity" in p for p in rep.pairs)
     assert "c-flip-of-a-05" in rep.removed and rep.to_json()["semantic_threshold"] == 0.98
+    assert rep.evidence["c-flip-of-a-05"] == {"matched_key": "a-05", "matched_dataset": str(sets["syn"]),
+                                              "distance": flip[0]["distance"], "method": "semantic",
+                                              "similarity": flip[0]["similarity"]}
 
 
 def test_semantic_pairs_equal_dense_search():
@@ -305,6 +308,16 @@ def test_cli_report_and_clean_output(sets, tmp_path):
         assert isinstance(p["distance"], int) and p["a"] in {s.key for s in Dataset(sets["syn"])}
     assert {p["b_dataset"] for p in rep["pairs"]} == {str(sets["syn"]), str(sets["test"]), str(sets["train"])}
     assert "d-leak" in rep["removed"] and "e-memorised" not in rep["removed"]
+    # every removed sample with its evidence: the pair that removed it (a near-duplicate: the member kept)
+    pair = {(p["a"], p["b"], p["b_dataset"]): p for p in rep["pairs"]}
+    assert set(rep["evidence"]) == set(rep["removed"])
+    leak = pair[("d-leak", "t-00", str(sets["test"]))]
+    assert rep["evidence"]["d-leak"] == {"matched_key": "t-00", "matched_dataset": str(sets["test"]),
+                                         "distance": leak["distance"], "method": "hash"}
+    for k, name in enumerate(TRANSFORMS):
+        p = pair[(f"a-{k:02d}", f"b-{name}-of-a-{k:02d}", str(sets["syn"]))]
+        assert rep["evidence"][p["b"]] == {"matched_key": p["a"], "matched_dataset": str(sets["syn"]),
+                                           "distance": p["distance"], "method": "hash"}
     assert rep["summary"]["cross"][0]["dataset"] == str(sets["test"])
     clean = Dataset(out)
     keys = [s.key for s in clean]
@@ -318,6 +331,10 @@ def test_cli_report_and_clean_output(sets, tmp_path):
 def test_cli_fail_on_duplicates(sets):
     r = run(sets["syn"], "--fail-on-duplicates")
     assert r.exit_code == 1 and "within: 4 pairs" in r.output
+    assert r.stderr.strip().splitlines() == ["dedup: 4 near-duplicate pairs found (--fail-on-duplicates)"]
+    r = run(sets["syn"], "--against", sets["test"], "--report-against", sets["train"], "--fail-on-duplicates")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        "dedup: 4 near-duplicate pairs, 1 leak and 1 memorised sample found (--fail-on-duplicates)"]
     assert run(sets["syn"]).exit_code == 0
     r = run(sets["test"], "--fail-on-duplicates", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["within"]["pairs"] == 0

@@ -22,7 +22,6 @@ from factory.core.errors import FactoryError  # noqa: E402
 from factory.core.sample import GENERATOR_FIELDS, synthetic_sample  # noqa: E402
 from factory.generate.backends.base import SCHEDULERS, GenRequest, SamplerConfig  # noqa: E402
 from factory.generate.backends.diffusers import DiffusersGenerator, resolve_pipeline_folder, weights_sha256
-
 from factory.generate.random_sd import build_sd  # noqa: E402
 
 FAST = SamplerConfig(steps=2, scheduler="ddim", guidance_scale=3.0, batch_size=4, device="cpu")

@@ -280,7 +280,7 @@ def test_errors_naming_hostile_files_are_escaped(tmp_path):
     assert "unreadable image" in line and "\\x1b]0;pwned\\x07.png" in line
     _clean(run("ingest", src, tmp_path / "ds").stderr)
     r = run("ingest", src, tmp_path / "ds", "--skip-bad")
-    assert r.exit_code == 0 and "skipped 1 unreadable images" in r.output
+    assert r.exit_code == 0 and "skipped 1 unreadable image\n" in r.output
     _clean(r.output)
 
 

@@ -118,13 +118,16 @@ def test_stale_work_for_other_inputs_is_discarded(reference, tiny_generator, pla
 
 
 @pytest.mark.slow
-def test_ray_executor_equals_local(reference, tiny_generator, plan_file, tmp_path):
+def test_ray_executor_equals_local(reference, tiny_generator, plan_file, tmp_path, capfd):
     pytest.importorskip("ray")
     from factory.config import RayConfig
 
     cfg = config(tiny_generator, executor="ray", ray=RayConfig(num_cpus=2))
+    capfd.readouterr()
     generate(plan_file, tmp_path / "ray", cfg)
     assert shard_bytes(tmp_path / "ray") == shard_bytes(reference)
+    err = capfd.readouterr().err  # Ray's start-up banner would cut through the progress bar
+    assert "Ray instance" not in err and "Token authentication" not in err, err
 
 
 def test_regenerate_matches_and_detects_changes(reference, tiny_generator, tmp_path):

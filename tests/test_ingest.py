@@ -316,3 +316,31 @@ def test_split_params():
                        ({"style": ["slant", "slant"]}, "unique")):
         with pytest.raises(FactoryError, match=match):
             SplitParams(**bad)
+
+
+def test_cli_names_an_unreadable_file_and_the_bar_has_a_total(tmp_path, monkeypatch):
+    """A corrupt .png in an ImageFolder: one line naming its path (never PIL's ``<_io.BytesIO object ...>``),
+    exit 2; with --skip-bad the count and the skip name it. The progress bar gets the number of files."""
+    from click.testing import CliRunner
+
+    import factory.cli.data as cli_data
+    from factory.cli.main import cli
+
+    for cls, value in (("a", 10), ("b", 200)):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), value).save(tmp_path / "src" / cls / "x.png")
+    bad = tmp_path / "src" / "b" / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    r = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out")])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        f"Error: {bad}: unreadable image (not an image format PIL knows)"]
+    totals = []
+    monkeypatch.setattr(cli_data, "progress", lambda items, desc, total=None: totals.append((desc, total)) or items)
+    r = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out"), "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 samples in 1 shard (2 classes)" in r.output and "skipped 1 unreadable image\n" in r.output
+    assert f"skipped: {bad}" in r.output and "BytesIO" not in r.output + r.stderr
+    assert totals == [("ingest", 3)]
+    totals.clear()
+    r = CliRunner().invoke(cli, ["ingest", "sklearn:digits", str(tmp_path / "digits")])
+    assert r.exit_code == 0 and totals == [("ingest", 1797)]

@@ -185,4 +185,4 @@ def test_fifo_and_broken_link_in_an_imagefolder_are_refused_or_counted(tmp_path)
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "src"), str(tmp_path / "out"), "--skip-bad"])
     assert res.exit_code == 0, res.output
-    assert "wrote 1 samples" in res.output and "skipped 2 unreadable images" in res.output
+    assert "wrote 1 sample in 1 shard" in res.output and "skipped 2 unreadable images" in res.output

@@ -1,6 +1,7 @@
 """The DVC pipeline, run for real with ``dvc repro`` in a temporary copy of the repository."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_repro_curates(repo):
     assert cal["split"] == "data/real/val" and cal["n"] == 287 and cal["test_n"] == 359
     assert set(cal["reject_share"]) == {"val", "test"}
     assert report["filter"]["thresholds"]["calibrated_on"] == "data/real/val"
-    p = dvc(repo, "metrics", "show")  # the compact line, not the 1,000-line report
+    p = dvc(repo, "metrics", "show", "metrics/summary/curate.json")  # the compact line, not the 1,000-line report
     assert p.returncode == 0 and "metrics/summary/curate.json" in p.stdout and "reports/curate.json" not in p.stdout
     assert json.loads((repo / "metrics/summary/curate.json").read_text()) == {
         "n": 60, "kept": report["kept"], "rejected": report["rejected"], "leaks": len(report["leaks"])}
@@ -178,8 +179,18 @@ def test_repro_proves_the_pools(repo):
     assert bias["chosen_on"] == "val"
     assert bias["train_correlation"] > 0.9
     assert "## Bias benchmark" in (repo / "reports/results.md").read_text()
-    # dvc metrics show: compact lines (a line per pool, method, dataset); the detail files are plain outputs
+    # dvc metrics show: the headline, one line; the compact lines (a line per pool, method, dataset) on demand
     p = dvc(repo, "metrics", "show")
+    rows = {ln.split()[0] for ln in p.stdout.splitlines()[1:] if ln.strip()}
+    assert p.returncode == 0 and "metrics/headline.json" in rows, p.stdout + p.stderr
+    assert not any("summary" in r for r in rows), p.stdout  # (the photos' and loops' headlines, if committed)
+    summary = {k: json.loads((repo / f"metrics/summary/{f}.json").read_text())
+               for k, f in (("real", "classifier/real"), ("cas", "classifier/synthetic"), ("ev", "evaluate/curated"),
+                            ("curate", "curate"))}
+    assert json.loads((repo / "metrics/headline.json").read_text()) == {  # mixed: no real_synthetic pool here
+        "real": summary["real"]["top1"], "cas": summary["cas"]["top1"], "fd": summary["ev"]["fd"],
+        "recognition": summary["ev"]["recognition"], "kept": summary["curate"]["kept"]}
+    p = dvc(repo, "metrics", "show", "metrics/summary")
     assert p.returncode == 0, p.stderr
     for name in ("metrics/summary/classifier/mix.json", "metrics/summary/contrastive/synthetic-stablerep.json",
                  "metrics/summary/bias/biased_real.json", "metrics/summary/evaluate/w1.json",
@@ -197,6 +208,31 @@ def test_repro_proves_the_pools(repo):
     assert p.returncode == 0 and len(lines) == 1 + 3 and max(map(len, lines)) <= 100, p.stdout
     p = dvc(repo, "plots", "show", "--json")
     assert p.returncode == 0 and "plots/guidance.json" in p.stdout, p.stderr
+
+
+def test_the_report_passes_in_a_browser(repo, chromium):
+    """The run's own reports/index.html in headless Chromium (factory/measure/browser.py): no console or script
+    error, no failed or external request, every image decoded, every section there."""
+    from factory.measure.browser import REPORT_SECTIONS, check_page
+
+    check = check_page(repo / "reports/index.html")
+    assert check.problems(REPORT_SECTIONS) == [], check
+    assert check.images > 0
+
+
+def test_the_report_page_shows_every_dataset_chart_and_readme_figure(repo):
+    """The report stage's page from the run's own outputs (factory/measure/page.py): a contact sheet per dataset
+    (each sweep scale and bias set too), every chart drawn and no input missing (no note); README figures."""
+    page = (repo / "reports/index.html").read_text()
+    sheets = ("real-val", "raw", "curated", "guidance-w1", "bias-real-train", "bias-balanced", "bias-control")
+    for ident in [f"sheet-{s}" for s in sheets] + ["hist-clip", "hist-clip-margin", "chart-guidance",
+                                                     "chart-fraction", "chart-per-class", "chart-confusion",
+                                                     "chart-curves"]:
+        assert f'id="{ident}"' in page, ident
+    notes = re.findall(r'<p class="note">([^<]*)</p>', page)
+    assert set(notes) <= {"no images"}, notes  # a class the tiny curation left empty; no input is missing
+    figures = {p.name for p in (repo / "reports/figures").iterdir()}
+    assert {f"samples-{s}.png" for s in sheets} | {"guidance.png", "fraction.png"} <= figures
 
 
 def test_the_pipelines_outputs_go_through_an_s3_remote(repo, s3, tmp_path):
@@ -364,17 +400,33 @@ def test_loop_runs_stops_resumes_extends_and_proves_its_lineage(repo):
 
 
 def test_exp_run_guidance_reruns_only_generate(repo):
-    # up to curate: what follows the curated set (pools, training, evaluation) is the same chain the repro
-    # fixture already ran; what matters here is that nothing upstream of generate reruns
-    p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1", "curate")
+    # the shrunk run is the baseline commit, as a user's last `dvc repro` + `git commit` would be
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "shrunk run", "--allow-empty"], cwd=repo, check=True, env=git_env)
+    p = dvc(repo, "exp", "run", "-S", "generate.guidance_scale=1", "report")
     assert p.returncode == 0, p.stdout + p.stderr
     ran = {line.split("'")[1] for line in p.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"generate", "curate"} <= ran, p.stdout
+    assert {"generate", "curate", "report"} <= ran, p.stdout
     upstream = {"ingest", "split", "plan", "train_generator", "train_clip", "sweep@1"}
     assert not ran & upstream, p.stdout  # nothing upstream, and not the sweep (it sets its own guidance)
     assert not {r for r in ran if r.startswith("bias")}, p.stdout
     s = next(iter(Dataset(repo / "data/synthetic/raw")))
     assert s.provenance["generator"]["guidance_scale"] == 1.0
+    # what the experiment moved fits a terminal: the headline metrics and the one param (--drop '.*/': the
+    # data dependencies' hashes, which an experiment changes by the dozen); rich's natural width, untruncated
+    p = subprocess.run([os.path.join(str(Path(sys.executable).parent), "dvc"), "exp", "show", "--only-changed",
+                        "--drop", ".*/", "--no-pager"], cwd=repo, capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "1000", "DVC_NO_ANALYTICS": "1",
+                            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]})
+    lines = [ln.rstrip() for ln in p.stdout.splitlines() if ln.strip()]
+    assert p.returncode == 0 and "…" not in p.stdout, p.stdout + p.stderr
+    header = next(ln for ln in lines if "Experiment" in ln).split()
+    # (the photos' params.yaml has the same key: DVC names this one params.yaml:generate.guidance_scale)
+    assert any(h.endswith("generate.guidance_scale") for h in header), p.stdout
+    assert {"cas", "fd"} <= set(header) and "real" not in header, p.stdout  # real train: unchanged
+    assert max(map(len, lines)) <= 132, p.stdout  # a wide terminal (VT100: 132 columns)
 
 
 def test_param_change_reruns_only_the_split(repo):

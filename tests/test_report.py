@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from factory.measure.report import fraction_rows, load_metrics, render, to_html
 
 
@@ -168,3 +170,25 @@ def test_compact_summary_lines(tmp_path):
             {"generation": 2, "fd": 50.0, "cas": 0.8, "recognition": 0.7}, {"generation": 3, "active": False}]
     assert loop_row({"generations": rows}) == {"generations": 2, "fd": 50.0, "recognition": 0.7, "cas": 0.8,
                                                "fd_g1": 40.0}
+
+
+def test_headline_picks_the_named_summary_values():
+    """metrics/headline.json, the only DVC metrics file: the values report.headline names, none filled in."""
+    from factory.measure.summary import headline, loop_headline
+
+    files = {"classifier/real": {"top1": 0.98, "lo": 0.97}, "evaluate/curated": {"fd": 12.5, "recognition": 0.99},
+             "curate": {"kept": 90}}
+    spec = {"real": "classifier/real:top1", "mixed": "classifier/real_synthetic:top1", "fd": "evaluate/curated:fd",
+            "kept": "curate:kept", "lo": "classifier/real:lo", "missing_key": "curate:nothing"}
+    assert headline(files, spec) == {"real": 0.98, "fd": 12.5, "kept": 90, "lo": 0.97}
+    assert loop_headline({"replace": {"fd": 50.0}, "sims": {"generations": 0}}) == {"loop_fd": {"replace": 50.0}}
+    assert loop_headline({}) == {}
+
+
+@pytest.mark.parametrize("ref", ["classifier/real", ":top1", "classifier/real:"])
+def test_a_headline_that_names_no_file_and_key_is_one_line(ref):
+    from factory.config.measure import ReportParams
+
+    with pytest.raises(Exception, match="not '<summary file>:<key>'"):
+        ReportParams(headline={"x": ref})
+    assert ReportParams().headline["cas"] == "classifier/synthetic:top1"

@@ -6,6 +6,7 @@ from PIL import Image
 from factory.core.errors import FactoryError
 from factory.core.sample import (
     SAMPLE_SCHEMA,
+    decode_image,
     image_ext,
     real_sample,
     sanitize_key,
@@ -80,8 +81,12 @@ def test_with_updates_keeps_original_untouched():
 def test_sanitize_key_and_image_ext():
     assert sanitize_key("n0144/ILSVRC.val 1") == "n0144_ILSVRC_val_1"
     assert image_ext(png()) == "png"
-    with pytest.raises(FactoryError, match="not a readable image"):
+    with pytest.raises(FactoryError, match="^not an image format PIL knows$"):  # not PIL's "<_io.BytesIO ...>"
         image_ext(b"not an image")
+    with pytest.raises(FactoryError, match="^not an image format PIL knows$"):
+        decode_image(b"not an image")
+    with pytest.raises(FactoryError, match=r"^not a readable image \(.+\)$"):  # a PNG cut short: PIL's reason
+        decode_image(png()[:20])
 
 
 def test_created_honours_source_date_epoch(monkeypatch):

@@ -10,6 +10,7 @@ import click
 
 from factory.cli.common import echo, echo_json, escape, escape_all, parse_scorer, progress
 from factory.core.errors import FactoryError
+from factory.core.text import plural
 
 
 @click.command(name="filter")
@@ -144,13 +145,15 @@ def dedup_command(dataset: Path, against: tuple[Path, ...], report_against: tupl
         echo_json(s)
     else:
         w = s["within"]
-        echo(f"{escape(dataset)}: {s['samples']} samples, {config.hash} {config.hash_size}x{config.hash_size} "
+        echo(f"{escape(dataset)}: {plural(s['samples'], 'sample')}, {config.hash} "
+             f"{config.hash_size}x{config.hash_size} "
              f"(max distance {config.distance})")
-        echo(f"  within: {w['pairs']} pairs in {w['clusters']} clusters -> {w['removed']} removed")
+        echo(f"  within: {plural(w['pairs'], 'pair')} in {plural(w['clusters'], 'cluster')} -> {w['removed']} removed")
         for c in s["cross"]:
             what = "removed (leaks)" if c["role"] == "against" else "reported (memorisation)"
             echo(f"  {'against' if c['role'] == 'against' else 'report-against'} {escape(c['dataset'])}: "
-                 f"{c['pairs']} pairs, {c['matched']} samples match ({c['rate']:.2%}) -> {what}")
+                 f"{plural(c['pairs'], 'pair')}, {plural(c['matched'], 'sample matches', 'samples match')} "
+                 f"({c['rate']:.2%}) -> {what}")
         if s["memorization_rate"] is not None:
             echo(f"  memorisation rate: {s['memorization_rate']:.2%}")
         echo(f"  removed {s['removed']}, kept {s['kept']}"
@@ -158,4 +161,15 @@ def dedup_command(dataset: Path, against: tuple[Path, ...], report_against: tupl
         if report_file is not None:
             echo(f"  report: {escape(report_file)}")
     if fail_on_duplicates and report.pairs:
+        echo(f"dedup: {_found(report.summary)} found (--fail-on-duplicates)", err=True)
         sys.exit(1)
+
+
+def _found(summary: dict) -> str:
+    """``4 near-duplicate pairs, 1 leak and 2 memorised samples``: what ``--fail-on-duplicates`` fails on."""
+    matched = {role: sum(c["matched"] for c in summary["cross"] if c["role"] == role) for role in ("against", "report")}
+    parts = [plural(summary["within"]["pairs"], "near-duplicate pair") if summary["within"]["pairs"] else "",
+             plural(matched["against"], "leak") if matched["against"] else "",
+             plural(matched["report"], "memorised sample") if matched["report"] else ""]
+    parts = [p for p in parts if p]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]

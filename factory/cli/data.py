@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from factory.cli.common import echo, echo_json, escape, escape_all, progress
+from factory.core.text import plural
 
 
 class DatasetLocation(click.ParamType):
@@ -64,17 +65,17 @@ def ingest(source: str, out_dir: Path, shard_size: int, name: str | None, skip_b
     """
     from factory.data.ingest import ingest as run_ingest
 
-    summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad,
-                         overwrite=overwrite, class_names=class_names, progress=lambda it: progress(it, "ingest"),
+    summary = run_ingest(source, out_dir, shard_size=shard_size, name=name, skip_bad=skip_bad, overwrite=overwrite,
+                         class_names=class_names, progress=lambda it, total: progress(it, "ingest", total),
                          image_column=image_column, label_column=label_column)
-    echo(f"wrote {summary.samples} samples in {summary.shards} shards "
-         f"({len(summary.classes)} classes) to {escape(summary.out_dir)}")
+    echo(f"wrote {plural(summary.samples, 'sample')} in {plural(summary.shards, 'shard')} "
+         f"({plural(len(summary.classes), 'class', 'classes')}) to {escape(summary.out_dir)}")
     if summary.names:
         shown = ", ".join(f"{c} {n}" for c, n in list(summary.names.items())[:10])
         more = f", ... ({len(summary.names)} in all)" if len(summary.names) > 10 else ""
         echo(escape(f"class names: {shown}{more}"))
     if skip_bad:
-        echo(f"skipped {len(summary.skipped)} unreadable images")
+        echo(f"skipped {plural(len(summary.skipped), 'unreadable image')}")
         for what in summary.skipped:
             echo(f"  skipped: {escape(what)}")
 
@@ -104,9 +105,9 @@ def split(dataset: Path, train_out: Path, test_out: Path, test_fraction: float, 
 
     counts = run_split(dataset, train_out, test_out, val_out=val_out, test_fraction=test_fraction,
                        val_fraction=val_fraction, style=style, seed=seed, shard_size=shard_size, overwrite=overwrite)
-    val = f"val: {counts['val']} samples -> {escape(val_out)}; " if val_out is not None else ""
-    echo(f"train: {counts['train']} samples -> {escape(train_out)}; {val}"
-         f"test: {counts['test']} samples -> {escape(test_out)}")
+    val = f"val: {plural(counts['val'], 'sample')} -> {escape(val_out)}; " if val_out is not None else ""
+    echo(f"train: {plural(counts['train'], 'sample')} -> {escape(train_out)}; {val}"
+         f"test: {plural(counts['test'], 'sample')} -> {escape(test_out)}")
 
 
 @click.command()
@@ -132,7 +133,7 @@ def verify(datasets: tuple[Path, ...], as_json: bool) -> None:
     else:
         for r in results:
             if r.ok:
-                echo(f"OK   {escape(r.dataset)}: {r.samples} samples in {r.shards} shards")
+                echo(f"OK   {escape(r.dataset)}: {plural(r.samples, 'sample')} in {plural(r.shards, 'shard')}")
             else:
                 echo(f"BAD  {escape(r.dataset)}: {len(r.problems)} problem(s)")
                 for problem in r.problems:
@@ -177,11 +178,14 @@ def show(dataset: Path, key: str) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--per-class", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--cell", default=64, show_default=True, type=click.IntRange(8, 1024), help="Cell size in pixels.")
-def grid(dataset: Path, out: Path, per_class: int, cell: int) -> None:
-    """Draw a contact sheet of DATASET to OUT.png: one labelled row per class.
+@click.option("--caption", type=click.Choice(["none", "reason", "clip"]), default="none", show_default=True,
+              help="Under each image: reason: a rejected sample's reason and its number (low_clip_score 0.41<0.63, "
+                   "leak d=2), a kept one's CLIP score; clip: the CLIP score. Captioned cells are at least 96 px.")
+def grid(dataset: Path, out: Path, per_class: int, cell: int, caption: str) -> None:
+    """Draw a contact sheet of DATASET to OUT.png: one row per class, labelled with its name.
 
-    Example: factory grid data/real/train grid.png --per-class 10
+    Example: factory grid data/synthetic/rejected rejected.png --per-class 10 --caption reason
     """
     from factory.data.inspection import grid as run_grid
 
-    echo(f"wrote {escape(run_grid(dataset, out, per_class=per_class, cell=cell))}")
+    echo(f"wrote {escape(run_grid(dataset, out, per_class=per_class, cell=cell, caption=caption))}")

@@ -3,7 +3,9 @@
 Exit codes: 0 success; 1 a check ran and found problems; 2 bad usage or bad input. Errors are one
 line on stderr naming the file, key or parameter at fault. The commands live in one module per
 group: :mod:`factory.cli.data`, :mod:`factory.cli.generate`, :mod:`factory.cli.curate`,
-:mod:`factory.cli.loop`, :mod:`factory.cli.share`.
+:mod:`factory.cli.loop`, :mod:`factory.cli.share`, and the commands that run one pipeline step each:
+:mod:`factory.cli.pipeline` (generate, curate, pool), :mod:`factory.cli.measure` (train-classifier,
+train-contrastive, evaluate).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import click
 
 from factory import __version__
-from factory.cli import curate, data, generate, loop, share
+from factory.cli import curate, data, generate, loop, measure, pipeline, report, share
 from factory.cli.common import EscapingFormatter, FactoryGroup
 from factory.cli.push import push_hf
 
@@ -38,7 +40,8 @@ def cli(verbose: bool) -> None:
 
 for command in (data.ingest, data.split, data.verify, data.inspect_cmd, data.show, data.grid,
                 generate.prompts, generate.regenerate, curate.filter_cmd, curate.dedup_command, loop.loop,
-                share.export_hf):
+                share.export_hf, pipeline.generate_cmd, pipeline.curate_cmd, pipeline.pool_cmd,
+                measure.train_classifier_cmd, measure.train_contrastive_cmd, measure.evaluate_cmd, report.report_cmd):
     cli.add_command(command)
 generate.prompts.add_command(curate.prompts_audit)
 cli.add_command(push_hf)

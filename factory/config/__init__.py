@@ -73,7 +73,7 @@ __all__ = [
     "ContrastiveConfig", "ContrastiveParams", "CurateConfig", "DedupConfig", "EmbeddedTrainConfig",
     "EvaluationConfig", "FilterConfig", "GenerateConfig", "GeneratorSpec", "IngestParams", "Params", "PlanConfig",
     "PoolSpec", "PoolsConfig", "RandomModelsParams", "RayConfig", "ReportParams", "SamplerConfig", "Section", "SplitParams",
-    "SweepParams", "default_max_distance", "load_params",
+    "SweepParams", "default_max_distance", "load_params", "load_section", "read_params_file", "validate_params",
 ]
 
 _MISSING = object()
@@ -235,12 +235,8 @@ def load_yaml(text: str, where: Path | str) -> Any:
         raise FactoryError(f"{where}: nested too deeply") from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line.
-
-    Every string in the file (and every key) is also checked for secrets (:mod:`factory.core.secrets`):
-    params reach plans, provenance and ``dvc.lock``, so a token there fails the stage before DVC records it.
-    """
+def read_params_file(path: Path | str) -> Any:
+    """The YAML of ``path``, parsed but not validated (:class:`FactoryError` naming ``path``)."""
     path = Path(path)
     if not path.is_file():
         raise FactoryError(f"{path}: no such params file")
@@ -250,7 +246,21 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise FactoryError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise FactoryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    data = load_yaml(text, path)
+    return load_yaml(text, path)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """All of ``path``, validated; a :class:`FactoryError` lists every error, one per line.
+
+    Every string in the file (and every key) is also checked for secrets (:mod:`factory.core.secrets`):
+    params reach plans, provenance and ``dvc.lock``, so a token there fails the stage before DVC records it.
+    """
+    return validate_params(read_params_file(path), path)
+
+
+def validate_params(data: Any, where: Path | str) -> Params:
+    """``data`` (parsed params YAML) validated as :func:`load_params` does, its errors prefixed with ``where``."""
+    path = where
     try:
         lines = [f"{path}: {line}" for line in secret_problems(data, "")]
         try:
@@ -262,3 +272,45 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     if lines:
         raise FactoryError("\n".join(dict.fromkeys(lines)))
     return params
+
+
+def _is_whole_file(data: Mapping[str, Any], section: str) -> bool:
+    """Whether ``data`` is a whole params file rather than one section's keys: it holds ``section`` itself, or
+    only top-level section names that are not all keys of ``section`` (an ``evaluate`` section may hold just
+    ``classifier``, a ``contrastive`` one ``pools``)."""
+    keys = set(data)
+    own = set(Params.model_fields[section].annotation.model_fields)
+    return section in keys or (keys <= set(Params.model_fields) and not keys <= own)
+
+
+def load_section(section: str, path: Path | str | None = None, sets: Mapping[str, Any] | None = None) -> Section:
+    """The ``section`` of ``params.yaml``'s shape, for a command that runs one pipeline step.
+
+    ``path`` is a whole params file (``params.yaml`` as it is: its ``section`` is taken, the file validated as
+    :func:`load_params` validates it, seeds defaulting to ``base.seed``) or just the section's own keys;
+    None: the defaults. ``sets`` (dotted keys within the section, e.g. ``{"ray.num_cpus": 2}``) are set in
+    the file's data before it is validated. Errors as :func:`load_params`'s, naming the file and the key::
+
+        my.yaml: generate.stepz: unknown parameter; allowed: guidance_scale, steps, ...
+    """
+    if section not in Params.model_fields:
+        raise FactoryError(f"unknown params section {section!r}")
+    data: Any = read_params_file(path) if path is not None else None
+    if not (isinstance(data, Mapping) and _is_whole_file(data, section)):
+        data = {section: {} if data is None else data}
+    data = dict(data)
+    for key, value in (sets or {}).items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise FactoryError(f"--set {key}: not a dotted parameter name (e.g. steps or ray.num_cpus)")
+        node, at = data, []
+        for head in [section, *parts[:-1]]:
+            at.append(head)
+            inner = node.get(head)
+            if inner is not None and not isinstance(inner, Mapping):
+                raise FactoryError(f"--set {key}: {'.'.join(at)} is not a mapping (got {inner!r})")
+            node[head] = dict(inner or {})
+            node = node[head]
+        node[parts[-1]] = value
+    where = path if path is not None else "--set" if sets else "defaults"
+    return getattr(validate_params(data, where), section)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -125,8 +126,25 @@ class BiasParams(Section):
         return self
 
 
+DEFAULT_HEADLINE = {"real": "classifier/real:top1", "cas": "classifier/synthetic:top1",
+                    "mixed": "classifier/real_synthetic:top1", "fd": "evaluate/curated:fd",
+                    "recognition": "evaluate/curated:recognition", "kept": "curate:kept"}
+
+
 class ReportParams(Section):
     where: ClassVar[str] = "report"
 
     fraction_pools: list[str] = Field(default_factory=list)  # pools of one size: accuracy vs synthetic share
     baselines: dict[str, str] = Field(default_factory=dict)  # pool -> the pool it is compared with (within noise?)
+    # metrics/headline.json, the only DVC metrics file (what dvc exp show compares): name -> "<summary file>:<key>"
+    headline: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_HEADLINE))
+
+    @field_validator("headline")
+    @classmethod
+    def _check_headline(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, ref in v.items():
+            file, _, key = ref.rpartition(":")
+            if not file or not key or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"headline {name!r}: {ref!r} is not '<summary file>:<key>' "
+                                 f"(e.g. 'classifier/real:top1', 'evaluate/curated:fd')")
+        return v

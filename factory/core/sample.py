@@ -72,7 +72,7 @@ def image_ext(data: bytes) -> str:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
     except Exception as exc:  # PIL raises many types for garbage input
-        raise FactoryError(f"not a readable image ({exc})") from None
+        raise FactoryError(unreadable(exc)) from None
     if fmt not in _FORMAT_TO_EXT:
         raise FactoryError(f"unsupported image format {fmt!r}; store PNG, JPEG or WebP")
     return _FORMAT_TO_EXT[fmt]
@@ -89,8 +89,17 @@ def decode_image(data: bytes) -> Image.Image:
     except FactoryError:
         raise
     except Exception as exc:  # PIL raises many types for garbage input (OSError, SyntaxError, ...)
-        raise FactoryError(f"not a readable image ({exc})") from None
+        raise FactoryError(unreadable(exc)) from None
     return im
+
+
+def unreadable(exc: Exception) -> str:
+    """Why PIL could not read image bytes, in words that name no in-memory object (PIL's "cannot identify
+    image file <_io.BytesIO object at 0x...>" says nothing to a user): the caller names the file or key."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image format PIL knows"
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    return f"not a readable image ({detail})"
 
 
 def phash_hex(image: Image.Image) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,6 +16,7 @@ from factory.core.files import atomic_write_bytes
 from factory.core.outputs import claim_output_file
 from factory.core.sample import Sample
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
+from factory.curate.evidence import closest_matches, match_evidence
 from factory.curate.hashing import (
     Embedder,
     Pairs,
@@ -122,6 +123,7 @@ class DedupReport:
     summary: dict[str, Any]
     semantic: bool = False
     reused_hashes: int = 0
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # removed key -> its match (see evidence.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +141,7 @@ class DedupReport:
             "clusters": self.clusters,
             "removed": self.removed,
             "reasons": self.reasons,
+            "evidence": self.evidence,
         }
 
     def write(self, path: Path | str, others: Iterable[Path | str | None] = ()) -> Path:
@@ -202,7 +205,8 @@ def find_duplicates(dataset: Path | str, *, against: Sequence[Path | str] = (),
     ``embed``, when the cosine similarity of the embeddings is ``>= config.semantic_threshold``.
     Removed: every sample that matches any ``against`` dataset; and in each cluster of near-duplicates
     within ``dataset`` every member except one, the first by sorted key among the members not already
-    removed as leaks (none is kept if all are leaks).
+    removed as leaks (none is kept if all are leaks). ``evidence`` holds, per removed key, its match
+    (:mod:`factory.curate.evidence`): its closest ``against`` match, or the member of its cluster that was kept.
     """
     dataset = Path(dataset)
     against = [Path(p) for p in against]
@@ -243,8 +247,6 @@ def find_duplicates(dataset: Path | str, *, against: Sequence[Path | str] = (),
             hit[ci] = True
             if role == "against":
                 leaked |= hit
-                for r in records:
-                    reasons.setdefault(r["a"], f"matches {r['b']} in {p} (distance {r['distance']})")
             else:
                 matched_any_report |= hit
             cross.append({"dataset": str(p), "role": role, "samples": len(other), "pairs": len(records),
@@ -255,6 +257,9 @@ def find_duplicates(dataset: Path | str, *, against: Sequence[Path | str] = (),
     # 3. clusters within the set: keep the first key not removed as a leak, drop the others
     clusters: list[dict[str, Any]] = []
     removed = leaked.copy()
+    evidence = closest_matches(pairs, [str(p) for p in against])  # a leak: its closest match
+    for key, ev in evidence.items():
+        reasons[key] = f"matches {ev['matched_key']} in {ev['matched_dataset']} (distance {ev['distance']})"
     if len(wi):
         labels = _components(n, wi, wj)
         members = np.unique(np.concatenate([wi, wj]))
@@ -268,6 +273,7 @@ def find_duplicates(dataset: Path | str, *, against: Sequence[Path | str] = (),
                 if t != keep and not leaked[t]:
                     removed[t] = True
                     reasons[main.keys[t]] = f"near-duplicate of {main.keys[keep]} (kept)"
+                    evidence[main.keys[t]] = _kept_match(main, t, keep, config, str(dataset))
             clusters.append({"keep": None if keep is None else main.keys[keep],
                              "members": [main.keys[t] for t in idxs]})
         clusters.sort(key=lambda c: c["members"][0])
@@ -288,7 +294,20 @@ def find_duplicates(dataset: Path | str, *, against: Sequence[Path | str] = (),
         "memorization_rate": round(float(matched_any_report.mean()), 6) if (n and report_against) else None,
     }
     return DedupReport(dataset, config, n, against, report_against, pairs, clusters, removed_keys,
-                       {k: reasons[k] for k in removed_keys}, summary, semantic, main.reused)
+                       {k: reasons[k] for k in removed_keys}, summary, semantic, main.reused,
+                       {k: evidence[k] for k in removed_keys})
+
+
+def _kept_match(main: HashedDataset, t: int, keep: int, config: DedupConfig, dataset: str) -> dict[str, Any]:
+    """The evidence of near-duplicate ``t``: the kept member ``keep`` of its cluster, their own distance and
+    similarity, and how a direct pair of them is found (``cluster``: only through other members)."""
+    distance = int(hamming(main.words[t:t + 1], main.words[keep:keep + 1])[0])
+    sim = None
+    if main.embeddings is not None:
+        sim = float(main.embeddings[t] @ main.embeddings[keep])
+    method = ("hash" if distance <= config.distance else
+              "semantic" if sim is not None and sim >= config.semantic_threshold else "cluster")
+    return match_evidence(main.keys[keep], dataset, distance, method, sim)
 
 
 def write_clean(dataset: Path | str, removed: Iterable[str], out_dir: Path | str, *, overwrite: bool = False,

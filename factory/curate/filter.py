@@ -16,6 +16,19 @@ Three steps, each a reason a sample can be left out:
 
 Kept samples get ``scores`` and ``decision`` in their provenance; the others go to a rejected dataset
 with the same fields and their reason. Counts per class and reason go to the report.
+
+The decision and its evidence (contract; the fields of ``evidence`` per reason are in
+:mod:`factory.curate.evidence`)::
+
+    "decision": {"kept": false, "reason": "<reason>", "min_score": ..., "min_margin": ...,
+                 "evidence": {...}}
+
+A kept sample has no ``evidence``, unless it was found memorised (``"memorized": true``): then the evidence of
+its closest real TRAIN match. The report (``reports/curate.json``, schema ``factory.curate/1``) also lists
+``pairs``: every match that left a sample out (leak, near-duplicate, memorised), sorted by key; and, when the
+thresholds were calibrated, the real val scores they come from in ``calibration.scores``: ``clip`` (each image's
+score against its best caption for each template, image by image in the dataset's order:
+``calibration.captions.per_image`` values per image) and ``clip_margin`` (one per image), rounded to 4 decimals.
 """
 
 from __future__ import annotations
@@ -37,9 +50,10 @@ from factory.core.outputs import claim_output_file
 from factory.core.sample import Sample, sample_attributes, with_updates
 from factory.core.shards import Dataset, DatasetWriter, check_output_dir
 from factory.curate.dedup import find_duplicates
-from factory.data.attributes import STYLE_LEVELS
+from factory.curate.evidence import closest_matches, pair_rows, score_evidence
 from factory.curate.hashing import Progress
 from factory.curate.scorers.base import Scorer, class_prompts, class_words, margins
+from factory.data.attributes import STYLE_LEVELS
 from factory.data.classnames import ClassInfo, class_infos, display_names
 from factory.generate.plans import Plan, fill_template, read_plan
 
@@ -275,6 +289,8 @@ def calibration_report(thresholds: Thresholds, calibrate_on: Path | str, val: Sc
     return {"split": str(calibrate_on), "n": int(len(val[0])),
             "percentile": thresholds.percentile if thresholds.calibrated_on else None,
             "captions": form.describe() | {"per_image": int(val[0].shape[1])},
+            "scores": {"clip": [round(float(v), 4) for v in val[0].ravel()],  # image by image, per template
+                       "clip_margin": [round(float(v), 4) for v in val[1]]},
             "thresholds": {"min_score": thresholds.min_score, "min_margin": thresholds.min_margin},
             "reject_share": {k: round(v, 4) for k, v in shares.items()},
             "reject_share_detail": detail,
@@ -290,20 +306,22 @@ def _cell(attrs: dict[str, Any] | None) -> str:
 
 
 def rebalance(survivors: dict[str, tuple[str, dict[str, Any]]], plan: Plan, seed: int
-              ) -> tuple[set[str], list[dict[str, Any]]]:
+              ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Keys to drop so that each class x cell holds exactly its target quota (where enough survived),
-    chosen by a seeded hash of the key (deterministic, independent of order); plus the shortfalls."""
+    chosen by a seeded hash of the key (deterministic, independent of order), each with its evidence
+    (``class``, ``cell``, ``quota``, ``survivors``: the cell's count before dropping); plus the shortfalls."""
     target = plan.header["target"]
     by_cell: dict[tuple[str, str], list[str]] = defaultdict(list)
     for key, (cls, attrs) in survivors.items():
         by_cell[(cls, _cell(attrs))].append(key)
-    drop: set[str] = set()
+    drop: dict[str, dict[str, Any]] = {}
     short: list[dict[str, Any]] = []
     for cls in plan.header["plan_classes"]:
         for cell in target["cells"]:
             quota = int(cell["per_class"])
             keys = sorted(by_cell.get((cls, _cell(cell["attributes"])), []), key=lambda k: _rank(seed, k))
-            drop.update(keys[quota:])
+            why = {"class": cls, "cell": dict(cell["attributes"]), "quota": quota, "survivors": len(keys)}
+            drop.update((k, why) for k in keys[quota:])
             if len(keys) < quota:
                 short.append({"class": cls, "attributes": cell["attributes"], "target": quota, "kept": len(keys)})
     return drop, short
@@ -358,31 +376,34 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     scores: dict[str, tuple[float, float]] = {}
     info: dict[str, tuple[str, dict[str, Any]]] = {}
     reason: dict[str, str] = {}
+    evidence: dict[str, dict[str, Any]] = {}  # key -> the evidence of its reason (factory.curate.evidence)
     for s, clip, margin in score_samples(scorer, ds, cfg.filter.batch_size, progress):
-        scores[s.key] = (clip, margin)
+        scores[s.key] = (round(clip, 6), round(margin, 6))  # as the record stores them
         info[s.key] = (s.provenance["class_name"], s.provenance.get("attributes") or {})
         if clip < thresholds.min_score:
             reason[s.key] = "low_clip_score"
         elif margin < thresholds.min_margin:
             reason[s.key] = "low_clip_margin"
+        if s.key in reason:
+            evidence[s.key] = score_evidence(reason[s.key], *scores[s.key], thresholds.min_score, thresholds.min_margin)
 
     # 2. near-duplicates, leaks, memorisation
-    memorized: set[str] = set()
+    memorized: dict[str, dict[str, Any]] = {}  # key -> its closest real train match
     dedup_summary: dict[str, Any] | None = None
     if cfg.deduplicate:
         against = test + (train if cfg.drop_memorized else [])
         dedup = find_duplicates(ds.path, against=against, report_against=[] if cfg.drop_memorized else train,
                                 config=cfg.dedup, embed=scorer.embed_images if cfg.semantic_dedup else None,
                                 progress=progress)
-        test_set, train_set = {str(p) for p in test}, {str(p) for p in train}
-        for pair in dedup.pairs:
-            if pair["b_dataset"] in test_set:
-                reason[pair["a"]] = "leak"  # a leak is always named, whatever else is wrong with it
+        leaks = closest_matches(dedup.pairs, [str(p) for p in test])
+        memorized = closest_matches(dedup.pairs, [str(p) for p in train])
+        for key, ev in leaks.items():
+            reason[key], evidence[key] = "leak", ev  # a leak is always named, whatever else is wrong with it
         for key in dedup.removed:
             if key not in reason:
                 near = dedup.reasons.get(key, "").startswith("near-duplicate")
                 reason[key] = "near_duplicate" if near else "memorized"
-        memorized = {p["a"] for p in dedup.pairs if p["b_dataset"] in train_set}
+                evidence[key] = dedup.evidence[key] if near else memorized[key]
         dedup_summary = dedup.summary | {"config": {
             "hash": cfg.dedup.hash, "hash_size": cfg.dedup.hash_size, "max_distance": cfg.dedup.distance,
             "semantic_threshold": cfg.dedup.semantic_threshold if cfg.semantic_dedup else None}}
@@ -392,8 +413,8 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     if cfg.rebalance and the_plan is not None:
         survivors = {k: v for k, v in info.items() if k not in reason}
         drop, shortfalls = rebalance(survivors, the_plan, cfg.seed)
-        for k in drop:
-            reason[k] = "over_quota"
+        for k, why in drop.items():
+            reason[k], evidence[k] = "over_quota", why
 
     # 4. write kept and rejected samples with their scores and decision
     rule = {"min_score": thresholds.min_score, "min_margin": thresholds.min_margin}
@@ -403,10 +424,12 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
     def annotated(s: Sample) -> Sample:
         clip, margin = scores[s.key]
         r = reason.get(s.key)
-        decision = {"kept": r is None, "reason": r, **rule}
+        decision: dict[str, Any] = {"kept": r is None, "reason": r, **rule}
         if s.key in memorized:
             decision["memorized"] = True
-        return with_updates(s, scores={"clip": round(clip, 6), "clip_margin": round(margin, 6)}, decision=decision)
+        if s.key in evidence or (r is None and s.key in memorized):
+            decision["evidence"] = evidence.get(s.key) or memorized[s.key]
+        return with_updates(s, scores={"clip": clip, "clip_margin": margin}, decision=decision)
 
     kept_w = DatasetWriter(out_dir, f"{ds.name}-curated", ds.classes, _shard_size(ds), meta, overwrite,
                            inputs=inputs, others=[rejected_dir, report_path])
@@ -455,6 +478,7 @@ def curate(raw: Path | str, out_dir: Path | str, *, scorer: Scorer, cfg: CurateC
                    "clip_mean": round(float(clip_all.mean()), 4) if len(clip_all) else None},
         "dedup": dedup_summary,
         "leaks": sorted(k for k, r in reason.items() if r == "leak"),
+        "pairs": pair_rows(reason, evidence),
         "memorization_rate": round(len(memorized) / max(len(info), 1), 6) if train and cfg.deduplicate else None,
         "rebalance": {"enabled": bool(cfg.rebalance and the_plan is not None), "shortfalls": shortfalls},
         "scorer": scorer_desc,

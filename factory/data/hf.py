@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 from factory.core.errors import FactoryError
 from factory.core.files import parse_json
 from factory.core.sample import Sample, image_ext, real_sample, sanitize_key, sha256_hex, validate_record
@@ -227,4 +226,4 @@ def hf_source(spec: str, image_column: str | None = None, label_column: str | No
             yield real_sample(f"{stem}-{part}-{i:08d}", data, label, classes[label],
                               {"dataset": ident, "index": i}, image=im)
 
-    return Source(stem, classes, spec, it, meta=meta)
+    return Source(stem, classes, spec, it, meta=meta, _count=lambda src: len(dset))

@@ -33,7 +33,7 @@ class IngestSummary:
 
 def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SIZE, name: str | None = None,
            skip_bad: bool = False, overwrite: bool = False, class_names: str | Path | None = None,
-           progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None,
+           progress: Callable[[Iterable[Sample], int | None], Iterable[Sample]] | None = None,
            image_column: str | None = None, label_column: str | None = None) -> IngestSummary:
     """Stream the source ``spec`` into a new dataset at ``out_dir``.
 
@@ -46,6 +46,9 @@ def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SI
 
     ``image_column``/``label_column``: which columns of an ``hf:`` source hold the image and the label
     (:func:`factory.data.hf.hf_source`); other sources refuse them.
+
+    ``progress(samples, total)`` wraps the samples read; ``total`` is the number of files or rows the source
+    reads (:meth:`~factory.data.sourcebase.Source.total`), None where it is not known beforehand.
     """
     out_dir = Path(out_dir)
     inputs = source_paths(spec)
@@ -57,7 +60,7 @@ def ingest(spec: str, out_dir: Path | str, *, shard_size: int = DEFAULT_SHARD_SI
         meta["class_names"] = names_meta(names)
     samples: Iterable[Sample] = source
     if progress is not None:
-        samples = progress(samples)
+        samples = progress(samples, source.total())
     with DatasetWriter(out_dir, name or source.name, source.classes, shard_size=shard_size,
                        meta=meta, overwrite=overwrite, inputs=inputs) as writer:
         writer.write_all(samples)

@@ -20,6 +20,7 @@ from factory.core.integrity import max_image_pixels
 from factory.core.outputs import claim_output_file
 from factory.core.remote import RemotePath, dataset_location
 from factory.core.shards import INDEX_NAME, Dataset
+from factory.core.text import plural
 from factory.data.classnames import display_names
 
 MIN_CELL, MAX_CELL = 8, 1024  # grid cell size in pixels
@@ -114,7 +115,7 @@ def summarize(path: Path | RemotePath | str) -> dict[str, Any]:
 def format_summary(info: dict[str, Any]) -> str:
     lines = [
         f"dataset   {info['name']}  ({info['path']})",
-        f"samples   {info['samples']} in {info['shards']} shards, {info['bytes']:,} bytes "
+        f"samples   {info['samples']} in {plural(info['shards'], 'shard')}, {info['bytes']:,} bytes "
         f"({info['image_bytes']:,} of image data)",
         "sources   " + ", ".join(f"{k}: {v}" for k, v in sorted(info["sources"].items())),
         "generations " + ", ".join(f"{k}: {v}" for k, v in sorted(info["generations"].items())),
@@ -137,24 +138,78 @@ def show(path: Path | RemotePath | str, key: str) -> str:
     return json.dumps(Dataset(path).find(key).provenance, indent=2, sort_keys=True)
 
 
-def grid(path: Path | RemotePath | str, out: Path | str, per_class: int = 8, cell: int = 64) -> Path:
-    """A contact sheet: one labelled row per class with its first ``per_class`` images."""
+CAPTIONS = ("none", "reason", "clip")  # what ``grid`` writes under each cell
+CAPTION_MIN_CELL = 96  # pixels: a captioned cell is at least this wide, so "low_clip_margin" fits in it
+CAPTION_LINE = 12  # pixels per caption line (PIL's default font, size 10)
+CAPTION_BAND = 2 * CAPTION_LINE + 2  # two lines under each cell
+
+
+def caption_lines(record: dict[str, Any], mode: str) -> list[str]:
+    """The caption of a sample in a grid, from its provenance: ``clip``: its CLIP score; ``reason``: a rejected
+    sample's reason and its key number (``low_clip_score`` / ``0.41<0.63``, ``leak`` / ``d=2``, ``over_quota``
+    / ``quota 8 of 12``: the cell's quota and its survivors), a kept one's CLIP score. Empty where the record
+    has none of it."""
+    if mode == "none":
+        return []
+    scores = record.get("scores") or {}
+    decision = record.get("decision") or {}
+    ev = decision.get("evidence") or {}
+    reason = decision.get("reason") if mode == "reason" else None
+    clip = scores.get("clip")
+    if reason is None:
+        return [f"clip {clip:.2f}"] if isinstance(clip, (int, float)) else []
+    detail = ""
+    if reason in ("low_clip_score", "low_clip_margin"):
+        name, limit = ("clip", "min_score") if reason == "low_clip_score" else ("clip_margin", "min_margin")
+        value, threshold = ev.get(name, scores.get(name)), ev.get("threshold", decision.get(limit))
+        if isinstance(value, (int, float)) and isinstance(threshold, (int, float)):
+            detail = f"{value:.2f}<{threshold:.2f}"
+    elif "distance" in ev:
+        detail = f"d={ev['distance']}" + (f" s={ev['similarity']:.2f}" if ev.get("method") == "semantic" else "")
+    elif reason == "over_quota" and "quota" in ev:
+        detail = f"quota {ev['quota']} of {ev.get('survivors')}"
+    return [str(reason), detail] if detail else [str(reason)]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` cut (with "..") to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "..", font=font) > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def grid(path: Path | RemotePath | str, out: Path | str, per_class: int = 8, cell: int = 64,
+         caption: str = "none") -> Path:
+    """A contact sheet: one row per class, labelled with the class's name, with its first ``per_class`` images.
+    ``caption`` (:data:`CAPTIONS`) writes two short lines under each image (:func:`caption_lines`); the cells
+    are then at least :data:`CAPTION_MIN_CELL` pixels (small images are enlarged with nearest-neighbour)."""
     if per_class < 1:
         raise FactoryError(f"--per-class must be >= 1; got {per_class}")
     if Path(out).suffix.lower() != ".png":
         raise FactoryError(f"{out}: grid output must be a .png file")
     if not MIN_CELL <= cell <= MAX_CELL:
         raise FactoryError(f"--cell must be between {MIN_CELL} and {MAX_CELL} pixels; got {cell}")
+    if caption not in CAPTIONS:
+        raise FactoryError(f"--caption must be one of {', '.join(CAPTIONS)}; got {caption!r}")
     location = dataset_location(path)  # before any work: never inside the dataset it draws (a URL cannot be)
     claim_output_file(out, inputs=[location] if isinstance(location, Path) else [])
     ds = Dataset(path)
     pad = 4
-    label_w = min(220, 12 + 7 * max(len(c) for c in ds.classes))
-    width, height = label_w + per_class * (cell + pad) + pad, len(ds.classes) * (cell + pad) + pad
+    band = CAPTION_BAND if caption != "none" else 0
+    if band:
+        cell = max(cell, CAPTION_MIN_CELL)
+    font = ImageFont.load_default()
+    names = display_names(ds.classes, ds.meta)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = min(220, 12 + int(max(measure.textlength(n, font=font) for n in names)))
+    row_h = cell + band + pad
+    width, height = label_w + per_class * (cell + pad) + pad, len(ds.classes) * row_h + pad
     if width * height > max_image_pixels():
         raise FactoryError(f"a grid of {width}x{height} pixels is over the limit of {max_image_pixels():,} "
                            "pixels; lower --per-class or --cell")
-    rows: dict[int, list[Image.Image]] = {i: [] for i in range(len(ds.classes))}
+    rows: dict[int, list[tuple[Image.Image, list[str]]]] = {i: [] for i in range(len(ds.classes))}
     remaining = len(ds.classes)
     for s in ds:
         row = rows.get(s.label)
@@ -168,20 +223,23 @@ def grid(path: Path | RemotePath | str, out: Path | str, per_class: int = 8, cel
         if max(im.size) < cell:
             scale = cell // max(im.size)
             im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-        row.append(im)
+        row.append((im, caption_lines(s.provenance, caption)))
         if len(row) == per_class:
             remaining -= 1
             if remaining == 0:
                 break
-    font = ImageFont.load_default()
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     for label, images in rows.items():
-        y = pad + label * (cell + pad)
-        draw.text((pad, y + cell // 2 - 6), f"{label}: {ds.classes[label]}"[:30], fill="black", font=font)
-        for j, im in enumerate(images):
+        y = pad + label * row_h
+        draw.text((pad, y + cell // 2 - 6), _fit(draw, names[label], font, label_w - 2 * pad), fill="black",
+                  font=font)
+        for j, (im, lines) in enumerate(images):
             x = label_w + pad + j * (cell + pad)
             sheet.paste(im, (x + (cell - im.width) // 2, y + (cell - im.height) // 2))
+            for k, line in enumerate(lines[:2]):
+                draw.text((x, y + cell + 1 + k * CAPTION_LINE), _fit(draw, line, font, cell), fill="black",
+                          font=font)
     out = Path(out)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

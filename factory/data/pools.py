@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from factory.core.quota import largest_remainder
 from factory.core.shards import Dataset
 
 POOL_SCHEMA = "factory.pool/1"
+
+# ``progress(records, description, total) -> records``: wraps each dataset's records as they are read
+Progress = Callable[[Iterable[dict[str, Any]], str, "int | None"], Iterable[dict[str, Any]]]
 
 
 def _component_rng(seed: int, pool: str, index: int) -> np.random.Generator:
@@ -68,8 +71,9 @@ def _draw(comp: Component, by_class: dict[int, list[str]], rng: np.random.Genera
     return out
 
 
-def build_pool(spec: PoolSpec) -> dict[str, Any]:
-    """The pool record: datasets by reference, keys drawn, counts per source and class."""
+def build_pool(spec: PoolSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """The pool record: datasets by reference, keys drawn, counts per source and class. ``progress``
+    wraps each dataset's records (a bar)."""
     classes: list[str] | None = None
     components, per_class, sources = [], {}, {"real": 0, "synthetic": 0}
     for i, comp in enumerate(spec.components):
@@ -81,7 +85,8 @@ def build_pool(spec: PoolSpec) -> dict[str, Any]:
             raise FactoryError(f"{where}: classes {ds.classes} differ from the pool's {classes}")
         by_class: dict[int, list[str]] = {}
         source_of: dict[str, str] = {}  # key -> source, in the order the shards hold the keys
-        for rec in ds.records():
+        records = ds.records() if progress is None else progress(ds.records(), f"read {ds.path.name}", len(ds))
+        for rec in records:
             by_class.setdefault(int(rec["label"]), []).append(rec["key"])
             source_of[rec["key"]] = rec.get("source", "real")
         if not by_class:
@@ -106,6 +111,13 @@ def build_pool(spec: PoolSpec) -> dict[str, Any]:
         "per_class": {c: per_class.get(c, 0) for c in classes},
         "components": components,
     }
+
+
+def dataset_pool(dataset: Path | str, name: str | None = None, seed: int = 0,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """A pool of all of ``dataset`` (named ``name``, default the folder's name): to train on one dataset."""
+    name = name if name is not None else Path(dataset).resolve().name
+    return build_pool(PoolSpec(name=name, components=(Component(dataset=str(dataset)),), seed=seed), progress)
 
 
 def write_pool(pool: Mapping[str, Any], path: Path | str) -> None:

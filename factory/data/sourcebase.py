@@ -31,9 +31,14 @@ class Source:
     meta: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     skip_bad: bool = False
+    _count: Callable[["Source"], int] | None = None  # how many items (files, rows) it reads, known beforehand
 
     def __iter__(self) -> Iterator[Sample]:
         return self._iter(self)
+
+    def total(self) -> int | None:
+        """How many items the source reads (bad ones too), for a progress bar's total; None if unknown."""
+        return self._count(self) if self._count is not None else None
 
     def bad(self, what: str, exc: Exception, reason: str = "unreadable image") -> None:
         """An input that cannot be used: an error naming it, or with ``skip_bad`` a counted skip."""

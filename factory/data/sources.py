@@ -60,6 +60,10 @@ def _digits_pixels() -> tuple[np.ndarray, np.ndarray]:
     return pixels, d.target.astype(int)
 
 
+def _digits_count(src: Source) -> int:
+    return len(_digits_pixels()[1])
+
+
 def digits_source() -> Source:
     def it(src: Source) -> Iterator[Sample]:
         pixels, targets = _digits_pixels()
@@ -69,7 +73,7 @@ def digits_source() -> Source:
                               {"dataset": "sklearn:digits", "index": i}, image=im)
 
     return Source("digits", [str(i) for i in range(10)], "sklearn:digits", it,
-                  meta={"source": "sklearn:digits"})
+                  meta={"source": "sklearn:digits"}, _count=_digits_count)
 
 
 def colored_digits_source(bias: float = 0.9, seed: int = 0) -> Source:
@@ -100,7 +104,7 @@ def colored_digits_source(bias: float = 0.9, seed: int = 0) -> Source:
 
     return Source("digits-colored", [str(i) for i in range(10)], spec, it,
                   meta={"source": spec, "bias": bias, "seed": seed,
-                        "attributes": {"color": [n for n, _ in PALETTE]}})
+                        "attributes": {"color": [n for n, _ in PALETTE]}}, _count=_digits_count)
 
 
 def imagefolder_key(rel: str) -> str:
@@ -168,8 +172,15 @@ def imagefolder_source(root: Path) -> Source:
     for cls in classes:
         check_no_secret(cls, f"{root / cls}: class folder name")
 
+    listed: list[list[tuple[int, str, Path]]] = []  # the files, listed once (for the total, then read)
+
+    def files(src: Source) -> list[tuple[int, str, Path]]:
+        if not listed:
+            listed.append(_list_files(root, classes, src))
+        return listed[0]
+
     def it(src: Source) -> Iterator[Sample]:
-        found = _list_files(root, classes, src)
+        found = files(src)
         rels = [f.relative_to(root).as_posix() for _, _, f in found]
         limit = max_member_bytes()
         for (label, cls, f), rel, key in zip(found, rels, imagefolder_keys(rels)):
@@ -193,7 +204,8 @@ def imagefolder_source(root: Path) -> Source:
                 continue
             yield real_sample(key, data, label, cls, {"dataset": str(root), "path": rel}, image=im)
 
-    return Source(root.name, classes, str(root), it, meta={"source": str(root.resolve())})
+    return Source(root.name, classes, str(root), it, meta={"source": str(root.resolve())},
+                  _count=lambda src: len(files(src)))
 
 
 def reshard_source(path: Path) -> Source:
@@ -205,7 +217,7 @@ def reshard_source(path: Path) -> Source:
 
     meta = ds.meta
     meta["resharded_from"] = ds.ref()
-    return Source(ds.name, ds.classes, str(path), it, meta=meta)
+    return Source(ds.name, ds.classes, str(path), it, meta=meta, _count=lambda src: len(ds))
 
 
 def open_source(spec: str, skip_bad: bool = False, *, image_column: str | None = None,

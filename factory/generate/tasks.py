@@ -268,10 +268,19 @@ def _run_ray(todo: list[ShardTask], plan: Plan, cfg: GenerateConfig, staging: Pa
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "configure_logging": False}
-        if cfg.ray.address:
-            ray.init(address=cfg.ray.address, **kwargs)
-        else:
-            ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+        # Ray's start-up lines ("Started a local Ray instance.", its token-authentication notice) go to the
+        # "ray" logger's own stderr handler, across the progress bar: held back while it starts; its warnings
+        # and errors after that still show
+        ray_log = logging.getLogger("ray")
+        level = ray_log.level
+        ray_log.setLevel(logging.ERROR)
+        try:
+            if cfg.ray.address:
+                ray.init(address=cfg.ray.address, **kwargs)
+            else:
+                ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+        finally:
+            ray_log.setLevel(level)
         started = True
     try:
         remote = ray.remote(num_cpus=cfg.ray.cpus_per_task, num_gpus=cfg.ray.gpus_per_task, max_retries=2)(_ray_task)

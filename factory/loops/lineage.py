@@ -28,7 +28,7 @@ from factory.config import Component, PoolSpec
 from factory.core.errors import FactoryError
 from factory.core.quota import largest_remainder
 from factory.core.shards import Dataset
-from factory.data.pools import build_pool
+from factory.data.pools import build_pool, dataset_pool
 
 
 def provenance_problem(rec: Mapping[str, Any]) -> str | None:
@@ -117,7 +117,7 @@ def generation_pool(run: str, policy: str, k: int, real: Path | str, sets: Seque
 def real_pool(run: str, real: Path | str, *, seed: int = 0) -> dict[str, Any]:
     """Generation 1's pool: the whole real train split (what the main generator was trained on)."""
     check_known(real)
-    pool = build_pool(PoolSpec(name=f"loop-{run}-g1", components=(Component(dataset=str(real)),), seed=seed))
+    pool = dataset_pool(real, f"loop-{run}-g1", seed)
     pool["components"][0]["generations"] = {"0": pool["samples"]}
     pool["loop"] = {"run": run, "policy": "real", "generation": 1, "trains": "the main generator (generation 1)",
                     "generations": {"0": pool["samples"]}, "unknown": 0}

@@ -89,14 +89,19 @@ def render(params: Params, root: Path = Path(".")) -> str:
             "deps": [*code_deps(root, "stages/loop_metrics.py"),
                      *[f"metrics/loop/${{item}}/g{k}.json" for k in range(1, top + 1)]],
             "outs": [{"plots/loop/${item}.json": {"cache": False}}, {"metrics/loop/${item}.json": {"cache": False}}]}},
-        # the DVC metrics: a compact line per run (factory/measure/summary.py); the files above are plain outputs
+        # the DVC metrics: the headline (fd per run); a compact line per run in metrics/loop/summary
+        # (factory/measure/summary.py); the files above are plain outputs
+        # reports/loop.html: the visual page (factory/measure/loop_page.py), a contact sheet per run and generation
         "loop_report": {"wdir": "..", "cmd": "python stages/loop_report.py metrics/loop --markdown reports/loop.md "
-                                             "--summary metrics/loop/summary",
+                                             "--summary metrics/loop/summary --headline metrics/loop/headline.json "
+                                             "--html reports/loop.html --data data/loop",
                         "deps": [*code_deps(root, "stages/loop_report.py"),
-                                 *[f"metrics/loop/{r}.json" for r in runs], "metrics/loop/sims_study.json"],
-                        "params": ["loop.runs"],
-                        "outs": [{"reports/loop.md": {"cache": False}}],
-                        "metrics": [{"metrics/loop/summary": {"cache": False}}]},
+                                 *[f"metrics/loop/{r}.json" for r in runs], "metrics/loop/sims_study.json",
+                                 *[f"data/loop/{r}/g{k}" for r in runs for k in range(1, top + 1)]],
+                        "params": ["loop.runs", "base.seed"],
+                        "outs": [{"reports/loop.md": {"cache": False}}, {"metrics/loop/summary": {"cache": False}},
+                                 {"reports/loop.html": {"cache": False}}],
+                        "metrics": [{"metrics/loop/headline.json": {"cache": False}}]},
     }
     plots = [{f"loop_{m}": {"x": "generation", "y": {f"../plots/loop/{r}.json": m for r in runs},
                             "title": f"{m} by generation, one line per run"}} for m in PLOTTED]

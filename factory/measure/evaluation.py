@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from factory.config import Component, EvaluationConfig, PoolSpec
+from factory.config import EvaluationConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
 from factory.core.stats import overlaps
 from factory.curate.audit import reference_levels
 from factory.data.attributes import STYLE_AXES, Levels
-from factory.data.pools import build_pool
+from factory.data.pools import dataset_pool
 from factory.measure.dataset_eval import DatasetFeatures, dataset_features
 from factory.measure.features import FeatureExtractor, InceptionFeatures, ReferenceFeatures, feature_extractor
 from factory.measure.matched import compare_matched, matched_size
@@ -163,7 +163,7 @@ def evaluate_datasets(cfg: EvaluationConfig, progress=None) -> dict[str, Any]:
                                                 style_levels(summary["attribute_balance"])),
                                "recognition_per_class": rec.get("per_class")}
         if name in cfg.cas:
-            pool = build_pool(PoolSpec(name=f"cas-{name}", components=(Component(dataset=str(path)),), seed=cfg.seed))
+            pool = dataset_pool(path, f"cas-{name}", cfg.seed)
             cas = train_classifier_seeds(pool, cfg.reference, cfg.classifier)  # classifier.seeds: mean, CI
             row.update(cas=cas["top1_mean"], cas_ci95=cas["top1_ci95"], cas_per_seed=cas["top1_per_seed"],
                        cas_seeds=cas["seeds"], cas_per_class=cas["per_class"])

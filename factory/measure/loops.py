@@ -34,12 +34,12 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from factory.config import ClassifierConfig, Component, PoolSpec
+from factory.config import ClassifierConfig
 from factory.core.errors import FactoryError
 from factory.core.shards import Dataset
 from factory.core.stats import overlaps
 from factory.curate.hashing import hamming_pairs, words_from_hex
-from factory.data.pools import build_pool
+from factory.data.pools import dataset_pool
 from factory.measure.dataset_eval import dataset_features
 from factory.measure.features import ReferenceFeatures
 from factory.measure.loop_rows import SUMMARY_METRICS, summarise_rows  # noqa: F401  (re-exported)
@@ -260,8 +260,7 @@ def _cas(dataset: Dataset, real_test: Dataset, cfg: LoopMeasureConfig) -> dict[s
     """The Classification Accuracy Score: classifiers trained on ``dataset`` alone, top-1 on real test."""
     from factory.train.classifier import train_classifier_seeds
 
-    pool = build_pool(PoolSpec(name=f"cas-{dataset.path.name}", components=(Component(dataset=str(dataset.path)),),
-                               seed=cfg.seed))
+    pool = dataset_pool(dataset.path, f"cas-{dataset.path.name}", cfg.seed)
     ccfg = ClassifierConfig(steps=cfg.cas_steps, batch_size=cfg.cas_batch_size, lr=cfg.cas_lr, seed=cfg.seed,
                             seeds=tuple(cfg.cas_seeds), eval_every=cfg.cas_steps)
     cas = train_classifier_seeds(pool, real_test, ccfg)

@@ -20,6 +20,7 @@ from factory.data.loader import load_pool_tensors
 from factory.data.pools import read_pool
 from factory.train.classifier import detect_mode
 from factory.train.contrastive import GROUPED, ContrastiveEncoder, train_contrastive
+from factory.train.loop import Progress
 from factory.train.reference import load_split
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def few_shot_indices(labels: Sequence[int] | torch.Tensor, per_class: int, seed:
 
 def contrastive_benchmark(pool: Mapping[str, Any] | str | Path, train: Dataset | str | Path,
                           test: Dataset | str | Path, base: ContrastiveConfig, methods: Sequence[str],
-                          seeds: Sequence[int] = (0,), per_class: int = FEW_SHOT) -> dict[str, Any]:
+                          seeds: Sequence[int] = (0,), per_class: int = FEW_SHOT,
+                          progress: Progress | None = None) -> dict[str, Any]:
     """An encoder of each of ``methods`` trained on ``pool`` with ``base`` once per seed of ``seeds``,
     scored by a linear probe fit on all of the REAL ``train`` split and one fit on ``per_class`` real
     images per class (drawn with the run's seed), both tested on the REAL ``test`` split.
@@ -102,7 +104,8 @@ def contrastive_benchmark(pool: Mapping[str, Any] | str | Path, train: Dataset |
     ``_per_seed`` (:func:`factory.core.stats.seed_summary`), ``per_class`` (means), ``synthetic_share``
     (the share of synthetic images among those drawn into batches, mean over seeds; a pool sample with a
     prompt text is synthetic). The grouped methods are skipped (with the reason) when no prompt group of
-    the pool has two images. JSON-ready; ``seconds`` is wall-clock time (all seeds)."""
+    the pool has two images. JSON-ready; ``seconds`` is wall-clock time (all seeds). ``progress(step, steps,
+    loss)`` is called after every training step of every run."""
     if not seeds:
         raise FactoryError("contrastive benchmark: no seeds")
     pool = read_pool(pool) if isinstance(pool, (str, Path)) else dict(pool)
@@ -123,7 +126,7 @@ def contrastive_benchmark(pool: Mapping[str, Any] | str | Path, train: Dataset |
         runs = []
         for seed in seeds:
             cfg = base.replace(method=method, seed=seed)
-            encoder, info = train_contrastive(x, groups, texts, cfg, labels=labels, synthetic=synthetic)
+            encoder, info = train_contrastive(x, groups, texts, cfg, progress, labels=labels, synthetic=synthetic)
             shots = few_shot_indices(train_y, per_class, seed)
             probe = linear_probe(encoder, train_x, train_y, test_x, test_y, classes, C=cfg.probe_C)
             few = linear_probe(encoder, train_x[shots], train_y[shots], test_x, test_y, classes, C=cfg.probe_C)

@@ -294,6 +294,14 @@ def _calibration_text(cal: dict[str, Any]) -> str:
 
 def to_html(markdown: str) -> str:
     """A dependency-free HTML page of the results (tables rendered, the rest preformatted)."""
+    style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:.2em .6em;border:1px solid #ccc}"
+    return f"<!doctype html><meta charset=utf-8><title>Results</title><style>{style}</style>\n" + html_body(markdown)
+
+
+def html_body(markdown: str) -> str:
+    """The HTML of the results' Markdown (headings, paragraphs, tables; code blocks preformatted), every
+    text escaped; :func:`to_html` wraps it in a page, the visual report (:mod:`factory.measure.page`) in its
+    tables section."""
     body, in_table, in_pre = [], False, False
     for line in markdown.splitlines():
         if line.startswith("```"):
@@ -325,8 +333,7 @@ def to_html(markdown: str) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:.2em .6em;border:1px solid #ccc}"
-    return f"<!doctype html><meta charset=utf-8><title>Results</title><style>{style}</style>\n" + "\n".join(body) + "\n"
+    return "\n".join(body) + "\n"
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -16,6 +16,19 @@ plain outputs. The DVC metrics are the small files written here, one line each i
   at the last one and ``fd_g1`` at the first.
 
 Values are rounded to 4 significant decimals; a value a file does not have is left out.
+
+These files are plain outputs too: ``dvc metrics show metrics/summary/classifier`` (any file or folder as a
+target) shows them. The only files declared as DVC metrics are the headlines, a handful of numbers each, so
+that ``dvc metrics show`` is a few lines and ``dvc exp show --only-changed`` fits a terminal:
+
+- ``metrics/headline.json`` (the main pipeline; photos: ``examples/imagenette/metrics/headline.json``): the
+  values ``report.headline`` names, ``name: "<summary file>:<key>"`` (default: ``real``, ``cas``, ``mixed``
+  top-1, the curated set's ``fd`` and ``recognition``, ``kept`` by curation);
+- ``metrics/loop/headline.json``: ``loop_fd``, the FD at the last generation, one key per run.
+
+Names are apart across the pipelines (the photos' are ``photos_real``, ...): DVC prefixes a column with its
+file's path when two files share a key, and ``dvc exp show --only-changed --drop '.*/'`` (which drops the
+data dependencies' hash columns, the paths) keeps every unprefixed metric.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.core.files import replace_dir, staging_dir, write_json
+
 
 def _r(v: Any) -> Any:
     return round(float(v), 4) if isinstance(v, float) else v
@@ -76,6 +90,25 @@ def loop_row(m: Mapping[str, Any]) -> dict[str, Any]:
     last = rows[-1]
     return _clean({"generations": len(rows), "fd": last.get("fd"), "recognition": last.get("recognition"),
                    "cas": last.get("cas"), "fd_g1": rows[0].get("fd")})
+
+
+def headline(files: Mapping[str, Mapping[str, Any]], spec: Mapping[str, str]) -> dict[str, Any]:
+    """The headline: for each ``name: "<summary file>:<key>"`` of ``spec``, that value of ``files``
+    (:func:`summary_files`); a value that is not there is left out, never filled in."""
+    out: dict[str, Any] = {}
+    for name, ref in spec.items():
+        file, _, key = ref.rpartition(":")
+        value = (files.get(file) or {}).get(key)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def loop_headline(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The loops' headline: ``{"loop_fd": {run: fd at its last generation}}`` of the runs' rows
+    (:func:`loop_row`); dvc exp show names its columns ``loop_fd.<run>``."""
+    fd = {run: row["fd"] for run, row in rows.items() if row.get("fd") is not None}
+    return {"loop_fd": fd} if fd else {}
 
 
 def summary_files(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

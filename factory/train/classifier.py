@@ -64,13 +64,17 @@ def detect_mode(pool: Mapping[str, Any]) -> str:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Top-1 and per-class accuracy of ``model`` on tensors ``x``/``y``."""
+    """Top-1 and per-class accuracy of ``model`` on tensors ``x``/``y``, and the confusion matrix (counts:
+    ``confusion[true][predicted]``)."""
     pred = predict(model, x)
     per_class = {}
     for c, name in enumerate(classes):
         m = y == c
         per_class[name] = round(float((pred[m] == c).float().mean()), 6) if bool(m.any()) else None
-    return {"top1": round(float((pred == y).float().mean()), 6), "per_class": per_class, "n_test": int(len(y))}
+    n = len(classes)
+    confusion = torch.bincount(y.long() * n + pred.long(), minlength=n * n).reshape(n, n)
+    return {"top1": round(float((pred == y).float().mean()), 6), "per_class": per_class, "n_test": int(len(y)),
+            "confusion": confusion.tolist()}
 
 
 def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str | Path, cfg: ClassifierConfig,
@@ -143,6 +147,7 @@ def train_classifier(pool: Mapping[str, Any] | str | Path, test: Dataset | str |
         "pool": pool["name"],
         "top1": result["top1"],
         "per_class": result["per_class"],
+        "confusion": result["confusion"],
         "n_train": int(pool["samples"]),
         "n_test": result["n_test"],
         "synthetic_fraction": pool.get("synthetic_fraction", 0.0),
@@ -170,7 +175,8 @@ def train_classifier_seeds(pool: Mapping[str, Any] | str | Path, test: Dataset |
     ``seeds``: the training seeds (default ``cfg.training_seeds()``: ``cfg.seed`` plus each of ``cfg.seeds``).
     Returned: ``seeds``; ``top1_mean``, ``top1_ci95`` (``[lo, hi]``, Student-t over the seeds, ``None`` for
     one seed) and ``top1_per_seed``; ``top1`` equal to ``top1_mean`` (what the report and the plots read);
-    ``per_class`` (mean over the seeds) and ``per_class_ci95``; ``history`` (per evaluation step, the mean
+    ``per_class`` (mean over the seeds) and ``per_class_ci95``; ``confusion`` (``[true][predicted]`` counts on
+    the test split, summed over the seeds; ``confusion_note`` says so); ``history`` (per evaluation step, the mean
     loss and top-1 and the top-1 of each seed); the pool's and the run's facts as :func:`train_classifier`
     gives them; ``seconds`` and ``images_per_second`` over all seeds (wall-clock fields: the stage writes
     them to the timings file, not the metrics).
@@ -218,6 +224,10 @@ def summarise_seeds(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int],
     for c in first["per_class"]:
         per_class[c], per_class_ci[c] = _mean_or_none([r["per_class"][c] for r in runs])
     out.update(per_class=per_class, per_class_ci95=per_class_ci)
+    if all("confusion" in r for r in runs):
+        out["confusion"] = [[sum(cells) for cells in zip(*rows)] for rows in zip(*(r["confusion"] for r in runs))]
+        out["confusion_note"] = (f"rows: true class, columns: predicted class (the order of the pool's classes); "
+                                 f"counts on the real test split summed over the {len(runs)} training seeds")
     for name in dict.fromkeys(k for e in (extras or []) for k in e):
         values = [e.get(name) for e in extras]
         if any(v is None for v in values):

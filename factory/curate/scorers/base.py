@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -37,6 +39,28 @@ def _device(device: str | torch.device) -> torch.device:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+class _QuietOpenClip(logging.Filter):
+    """Drops open_clip's INFO and DEBUG records ("Loaded built-in ... model config", "Loading full pretrained
+    weights from ...") and passes everything else. open_clip logs with ``logging.info`` on the ROOT logger, so
+    a stage's INFO logging would print its chatter; a filter on the root logger sees only records logged on
+    the root logger itself, so the user's and factory's own loggers are untouched, and open_clip's warnings pass."""
+
+    _where = f"{os.sep}open_clip{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or self._where not in record.pathname
+
+
+def quiet_open_clip() -> None:
+    """Silence open_clip's INFO records (:class:`_QuietOpenClip`), once per process."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuietOpenClip) for f in root.filters):
+        root.addFilter(_QuietOpenClip())
+
+
+quiet_open_clip()  # every scorer module imports this one before it calls open_clip
 
 
 def _create(name: str, checkpoint: str | None, device: torch.device, preprocess: Mapping[str, Any]):

@@ -51,6 +51,9 @@ def build_open_clip(folder: Path | str, arch: str = "photo32", seed: int = 0) ->
     import open_clip
     import torch
 
+    from factory.curate.scorers.base import quiet_open_clip
+
+    quiet_open_clip()
     folder = Path(folder)
     if arch in ARCHS:
         model_cfg, preprocess_cfg = ARCHS[arch]["model_cfg"], ARCHS[arch]["preprocess_cfg"]
