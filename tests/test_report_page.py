@@ -346,3 +346,30 @@ def test_factory_report_writes_what_the_stage_writes(run, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert p.returncode == 0 and p.stdout.strip() == f"wrote {tmp_path / 'sub.md'}", p.stdout + p.stderr
     assert (tmp_path / "sub.md").read_text().startswith("# Results")
+
+
+def test_git_state_counts_code_changes_not_the_runs_own_outputs(tmp_path):
+    """A run rewrites its outputs (metrics, reports, dvc.lock) before the report: that is not a dirty tree."""
+    import subprocess
+
+    from factory.measure.runinfo import git_state
+
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": __import__("os").environ["PATH"]}
+    files = {"factory/a.py": "x = 1\n", "params.yaml": "a: 1\n", "dvc.lock": "l\n", "metrics/m.json": "{}\n",
+             "examples/p/reports/r.md": "r\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "c"], cwd=tmp_path, check=True, env=env)
+    for name in ("dvc.lock", "metrics/m.json", "examples/p/reports/r.md"):
+        (tmp_path / name).write_text("changed by the run\n")
+    state = git_state(tmp_path)
+    assert len(state["revision"]) == 40 and state["dirty"] is False and state["changed"] == []
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    (tmp_path / "factory/a.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == {"revision": state["revision"], "dirty": True,
+                                   "changed": ["factory/a.py", "params.yaml"]}
+    assert git_state(tmp_path / "nowhere")["dirty"] is None

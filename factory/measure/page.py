@@ -106,8 +106,11 @@ def chart(fig: Any, ident: str, caption: str, missing: str, figures: dict[str, b
 
 def run_section(run: Mapping[str, Any]) -> str:
     git, m = run.get("git") or {}, run.get("machine") or {}
-    dirty = {True: "yes (uncommitted changes)", False: "no", None: "unknown"}[git.get("dirty")]
-    rows = [("git revision", git.get("revision") or "unknown (not a git work tree)"), ("tree dirty", dirty),
+    changed = git.get("changed") or []
+    dirty = {True: "yes: " + ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""),
+             False: "no (code and configuration as committed)", None: "unknown"}[git.get("dirty")]
+    rows = [("git revision", git.get("revision") or "unknown (not a git work tree)"),
+            ("uncommitted code changes", dirty),
             ("params", f"{run.get('params')} sha256 {run.get('params_sha256') or 'not recorded'}"),
             ("date", run.get("date")),
             ("machine", f"{m.get('platform')}, {m.get('cpus')} CPUs, CUDA {'yes' if m.get('cuda') else 'no'}"),
@@ -116,7 +119,8 @@ def run_section(run: Mapping[str, Any]) -> str:
     timings = run.get("timings") or {}
     if timings:
         out.append("<h3>Stage timings</h3>" + table(["stage", "seconds"],
-                   [(k, f"{v:.1f}") for k, v in timings.items()] + [("total", f"{sum(timings.values()):.1f}")]))
+                   [(k, f"{v:.1f}") for k, v in timings.items()]
+                   + [("sum of the stages above", f"{sum(timings.values()):.1f}")]))
     else:
         out.append(note("stage timings not recorded (no reports/timings/*.json)"))
     return "".join(out)

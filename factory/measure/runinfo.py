@@ -23,13 +23,31 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".json")
+
+
+def is_code(path: str) -> bool:
+    """Whether a changed tracked file is code or configuration (what decides the results), not a run output:
+    ``dvc.lock`` files and what lies under ``metrics/``, ``reports/``, ``plots/``, ``dvclive/`` or ``docs/``
+    (at any depth: the photo pipeline's too) are outputs."""
+    parts = Path(path).parts
+    if Path(path).name == "dvc.lock" or {"metrics", "reports", "plots", "dvclive", "docs"} & set(parts[:-1]):
+        return False
+    return Path(path).suffix in CODE_SUFFIXES or Path(path).name == "Makefile"
+
+
 def git_state(root: Path | str = ".") -> dict[str, Any]:
-    """``{"revision": <sha> or None, "dirty": bool or None}``: None where ``root`` is not in a git work tree
-    (e.g. an exported copy). Dirty: tracked files differ from the revision (untracked files do not count)."""
+    """``{"revision": <sha> or None, "dirty": bool or None, "changed": [paths]}``: None where ``root`` is not in a
+    git work tree (e.g. an exported copy). Dirty: tracked code or configuration files (:func:`is_code`) differ
+    from the revision; the run's own outputs, which a run rewrites before its report, and untracked files do
+    not count."""
     root = Path(root)
     revision = _git(root, "rev-parse", "HEAD")
     status = _git(root, "status", "--porcelain", "--untracked-files=no") if revision else None
-    return {"revision": revision, "dirty": None if status is None else bool(status)}
+    if status is None:
+        return {"revision": revision, "dirty": None, "changed": []}
+    changed = sorted(p for line in status.splitlines() if (p := line[3:].split(" -> ")[-1].strip('"')) and is_code(p))
+    return {"revision": revision, "dirty": bool(changed), "changed": changed}
 
 
 def file_hash(path: Path | str | None) -> str | None:
